@@ -1,0 +1,284 @@
+"""The LipSyncJob schema: the one source of truth.
+
+The CLI validates YAML against these models, the operator validates the custom resource against
+them, and ``crds/`` is generated from them (``lipsync crd``). Field names are camelCase in YAML,
+as Kubernetes resources are; unknown fields are errors that name the field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from .errors import InvalidSpec
+
+API_GROUP = "lipsync.dev"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+KIND = "LipSyncJob"
+PLURAL = "lipsyncjobs"
+
+_URI_HELP = "a local path, an https:// URL or an s3://bucket/key URI"
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+def _check_uri(value: str, *, field: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError(f"{field} is empty: give {_URI_HELP}")
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme and scheme not in ("https", "http", "s3", "file"):
+        raise ValueError(f"{field} has unsupported scheme {scheme!r}: give {_URI_HELP}")
+    if scheme == "s3" and not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", value):
+        raise ValueError(f"{field} {value!r} is not s3://bucket/key with a valid bucket name")
+    return value
+
+
+# ---------------------------------------------------------------------------- model options
+class BaselineOptions(_Model):
+    """The weights-free demo model: opens the mouth with the speech envelope."""
+
+    gain: float = Field(1.0, ge=0.0, le=4.0, description="How wide the mouth opens at full loudness.")
+
+
+class Wav2LipOptions(_Model):
+    batch_size: int | None = Field(
+        None, ge=1, le=1024, description="Frames per forward pass; default tuned per device."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when present, else CPU with a warning."
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: fp16 autocast on CUDA, fp32 on CPU."
+    )
+
+
+class CommandOptions(_Model):
+    timeout_seconds: int = Field(3600, ge=1, description="Kill the command after this long.")
+    crop_size: int = Field(256, ge=32, le=2048, description="Side of the square crop clip given to the command.")
+    audio_rate: int = Field(16000, ge=8000, le=192000, description="Sample rate of the audio given to the command.")
+
+
+class LatentSyncOptions(_Model):
+    version: Literal["1.5", "1.6"] = Field("1.5", description="1.5 runs at 256 px, 1.6 at 512 px.")
+    inference_steps: int = Field(20, ge=1, le=200)
+    guidance_scale: float = Field(1.5, ge=0.0, le=20.0)
+    seed: int = Field(1247, ge=0)
+    timeout_seconds: int = Field(7200, ge=1)
+
+
+MODEL_OPTIONS: dict[str, type[_Model]] = {
+    "baseline": BaselineOptions,
+    "wav2lip": Wav2LipOptions,
+    "command": CommandOptions,
+    "latentsync": LatentSyncOptions,
+}
+ModelName = Literal["baseline", "wav2lip", "command", "latentsync"]
+WEIGHTED_MODELS = frozenset({"wav2lip", "latentsync"})
+GPU_MODELS = frozenset({"wav2lip", "latentsync", "command"})
+
+
+class ModelSpec(_Model):
+    name: ModelName = Field("baseline", description="Which lip-sync model renders the mouth.")
+    weights: str | None = Field(
+        None, description=f"Checkpoint for wav2lip/latentsync: {_URI_HELP} (a folder or prefix for latentsync)."
+    )
+    command: list[str] | None = Field(
+        None,
+        description="For name=command: the program and its arguments (no shell); "
+        "{video}, {audio} and {output} are replaced by paths.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Model-specific options, validated per model (see the README).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_uri(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v, field="spec.model.weights")
+
+    @model_validator(mode="after")
+    def _per_model(self) -> "ModelSpec":
+        if self.name in WEIGHTED_MODELS and not self.weights:
+            raise ValueError(f"model {self.name!r} needs spec.model.weights ({_URI_HELP})")
+        if self.name == "command" and not self.command:
+            raise ValueError("model 'command' needs spec.model.command, a list of arguments")
+        if self.name != "command" and self.command:
+            raise ValueError(f"spec.model.command is only for name: command, not {self.name!r}")
+        try:
+            MODEL_OPTIONS[self.name].model_validate(self.options)
+        except ValidationError as e:
+            raise ValueError(f"spec.model.options for {self.name!r}: " + _brief(e, "options")) from None
+        return self
+
+    def typed_options(self) -> Any:
+        return MODEL_OPTIONS[self.name].model_validate(self.options)
+
+
+class FaceSpec(_Model):
+    select: Literal["largest", "index"] = Field(
+        "largest", description="largest: the biggest face; index: the index-th face from the left."
+    )
+    index: int = Field(0, ge=0, description="With select=index: 0 is the leftmost face.")
+    padding: float = Field(0.25, ge=0.0, le=1.0, description="Margin added around the face box, as a fraction of its side.")
+    detector: Literal["haar"] = Field("haar", description="Face detector (OpenCV Haar cascade, shipped in the wheel).")
+    detect_every: int = Field(5, ge=1, le=100, description="Run the detector every N frames; track in between.")
+
+
+class TimingSpec(_Model):
+    follow: Literal["audio", "video"] = Field(
+        "audio",
+        description="audio: the output lasts as long as the speech (video trimmed, or extended by "
+        "ping-pong looping); video: as long as the video (speech cut, or followed by silence).",
+    )
+
+
+class OutputSpec(_Model):
+    uri: str = Field(..., description="Where artifacts go: a local folder, or an s3://bucket/prefix.")
+    video_codec: Literal["libx264", "libx265"] = Field("libx264", description="Encoder for the output video.")
+    crf: int = Field(18, ge=0, le=51, description="Constant rate factor: lower is better quality.")
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "medium"
+    preview: bool = Field(True, description="Write preview.jpg, a before/after contact sheet.")
+    overwrite: bool = Field(False, description="Replace a finished render of another job at this output.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        return _check_uri(v, field="spec.output.uri")
+
+
+class LipSyncJobSpec(_Model):
+    video: str = Field(..., description=f"The talking-head video: {_URI_HELP}.")
+    audio: str = Field(..., description=f"The speech to lip-sync to: {_URI_HELP}.")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    face: FaceSpec = Field(default_factory=FaceSpec)
+    timing: TimingSpec = Field(default_factory=TimingSpec)
+    output: OutputSpec
+
+    @field_validator("video", "audio")
+    @classmethod
+    def _inputs(cls, v: str, info: Any) -> str:
+        return _check_uri(v, field=f"spec.{info.field_name}")
+
+
+class Metadata(BaseModel):
+    """Kubernetes object metadata: only ``name`` matters to the runner; the rest is kept."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(..., description="DNS-1123 name of the job.")
+    namespace: str | None = None
+    uid: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if len(v) > 253 or not _DNS1123.match(v):
+            raise ValueError(f"{v!r} is not a DNS-1123 name (lowercase letters, digits, '-', '.')")
+        return v
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class LipSyncJobStatus(_Model):
+    """Written by the operator through the status subresource."""
+
+    phase: Literal["Pending", "Queued", "Running", "Succeeded", "Failed"] | None = None
+    progress: int | None = Field(None, ge=0, le=100)
+    stage: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    artifacts: dict[str, str] | None = None
+    reason: str | None = None
+    message: str | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] | None = None
+
+
+class LipSyncJob(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    api_version: Literal["lipsync.dev/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["LipSyncJob"] = KIND
+    metadata: Metadata
+    spec: LipSyncJobSpec
+    status: LipSyncJobStatus | None = None
+
+
+# ---------------------------------------------------------------------------- loading
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "(document)"
+
+
+def _brief(e: ValidationError, prefix: str | None = None) -> str:
+    parts = []
+    for err in e.errors():
+        where = _loc(err["loc"])
+        where = f"{prefix}.{where}" if prefix and where != "(document)" else where
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check its spelling and the schema: `lipsync crd`)"
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def parse_job(doc: Any, *, source: str = "<document>") -> LipSyncJob:
+    """Validate one parsed YAML/JSON document; raise InvalidSpec naming the field."""
+    if not isinstance(doc, dict):
+        raise InvalidSpec(f"{source}: expected a LipSyncJob mapping, got {type(doc).__name__}", stage="validate")
+    try:
+        return LipSyncJob.model_validate(doc)
+    except ValidationError as e:
+        raise InvalidSpec(f"{source}: {_brief(e)}", stage="validate") from None
+
+
+def iter_job_files(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Files named, and the *.yaml/*.yml under folders named (kustomization files skipped)."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted([*p.rglob("*.yaml"), *p.rglob("*.yml")]):
+                if f.name not in ("kustomization.yaml", "kustomization.yml"):
+                    yield f
+        else:
+            yield p
+
+
+def load_jobs(path: str | Path, *, only_jobs: bool = False) -> list[LipSyncJob]:
+    """All LipSyncJobs in a (multi-document) YAML file.
+
+    With ``only_jobs``, documents of other kinds (an Argo CD Application beside the jobs) are
+    skipped; otherwise they are errors.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InvalidSpec(f"{path}: no such file", stage="validate") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise InvalidSpec(f"{path}: not valid YAML: {e}", stage="validate") from None
+    jobs = []
+    for i, doc in enumerate(docs):
+        src = f"{path}" + (f" (document {i + 1})" if len(docs) > 1 else "")
+        if only_jobs and isinstance(doc, dict) and doc.get("kind") != KIND:
+            continue
+        jobs.append(parse_job(doc, source=src))
+    return jobs
