@@ -29,10 +29,10 @@ def test_unknown_field_is_named():
 def test_model_options_validated_per_model():
     with pytest.raises(InvalidSpec) as e:
         parse_job(_job(model={"name": "wav2lip", "weights": "w.pth", "options": {"batchSize": 0}}))
-    assert "spec.model.options.batchSize" in str(e.value)
+    assert "spec.model.options: for model 'wav2lip': batchSize" in str(e.value)
     with pytest.raises(InvalidSpec) as e:
         parse_job(_job(model={"name": "baseline", "options": {"batchSize": 4}}))
-    assert "options.batchSize" in str(e.value)
+    assert "spec.model.options: for model 'baseline': batchSize: unknown field" in str(e.value)
 
 
 def test_weights_required_for_wav2lip():

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from .errors import InvalidSpec
@@ -117,11 +125,17 @@ class ModelSpec(_Model):
             raise ValueError("model 'command' needs spec.model.command, a list of arguments")
         if self.name != "command" and self.command:
             raise ValueError(f"spec.model.command is only for name: command, not {self.name!r}")
-        try:
-            MODEL_OPTIONS[self.name].model_validate(self.options)
-        except ValidationError as e:
-            raise ValueError(f"spec.model.options for {self.name!r}: " + _brief(e, "options")) from None
         return self
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        name = info.data.get("name", "baseline")
+        try:
+            MODEL_OPTIONS[name].model_validate(v)
+        except ValidationError as e:
+            raise ValueError(f"for model {name!r}: {_brief(e)}") from None
+        return v
 
     def typed_options(self) -> Any:
         return MODEL_OPTIONS[self.name].model_validate(self.options)
@@ -169,7 +183,7 @@ class LipSyncJobSpec(_Model):
 
     @field_validator("video", "audio")
     @classmethod
-    def _inputs(cls, v: str, info: Any) -> str:
+    def _inputs(cls, v: str, info: ValidationInfo) -> str:
         return _check_uri(v, field=f"spec.{info.field_name}")
 
 
@@ -227,11 +241,10 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if not str(p).startswith("function-")) or "(document)"
 
 
-def _brief(e: ValidationError, prefix: str | None = None) -> str:
+def _brief(e: ValidationError) -> str:
     parts = []
     for err in e.errors():
         where = _loc(err["loc"])
-        where = f"{prefix}.{where}" if prefix and where != "(document)" else where
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check its spelling and the schema: `lipsync crd`)"
