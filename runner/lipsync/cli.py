@@ -1,0 +1,129 @@
+"""`lipsync`: run, validate and describe LipSyncJobs without a cluster (thin: parse, call, print)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import log
+from .errors import REASONS, LipSyncError
+from .spec import LipSyncJob, iter_job_files, load_jobs, parse_job
+
+
+def _write_result(payload: dict) -> None:
+    """The runner's last word for the operator (the pod's termination message, < 4 KiB)."""
+    path = os.environ.get("LIPSYNC_RESULT_FILE")
+    if path:
+        text = json.dumps(payload)
+        if len(text) > 4000:
+            payload = {**payload, "message": payload.get("message", "")[:1000]}
+            text = json.dumps(payload)
+        Path(path).write_text(text)
+
+
+def _jobs_from_args(args: argparse.Namespace) -> list[tuple[LipSyncJob, Path]]:
+    if args.job_env:
+        raw = os.environ.get(args.job_env)
+        if not raw:
+            raise LipSyncError(f"environment variable {args.job_env} is empty", stage="validate")
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            from .errors import InvalidSpec
+
+            raise InvalidSpec(f"{args.job_env} is not JSON: {e}", stage="validate") from None
+        return [(parse_job(doc, source=args.job_env), Path.cwd())]
+    return [(job, f.parent) for f in iter_job_files(args.files) for job in load_jobs(f, only_jobs=True)]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    fmt = log.setup(args.log_format)
+    try:
+        jobs = _jobs_from_args(args)
+    except LipSyncError as e:
+        log.event(str(e), logging.ERROR, event="failed", reason=e.reason, stage=e.stage)
+        _write_result({"phase": "Failed", "reason": e.reason, "message": str(e), "artifacts": {}})
+        return e.exit_code
+    if not jobs:
+        log.event("no LipSyncJob found in the files given", logging.ERROR, event="failed")
+        return REASONS["InvalidSpec"].exit_code
+    from .pipeline import run_job
+
+    worst = 0
+    for job, base in jobs:
+        try:
+            result = run_job(job, base_dir=base, force=args.force, bar=fmt == "text" and sys.stderr.isatty())
+        except LipSyncError as e:
+            _write_result({"phase": "Failed", "reason": e.reason, "message": str(e), "artifacts": {}})
+            worst = worst or e.exit_code
+            continue
+        verb = "unchanged" if result.status == "unchanged" else "done"
+        log.event(f"{job.metadata.name}: {verb}: {result.artifacts.get('video', '')}", event=result.status,
+                  job=job.metadata.name, artifacts=result.artifacts)
+        _write_result({"phase": "Succeeded", "reason": None, "message": verb, "artifacts": result.artifacts})
+    return worst
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failed = 0
+    count = 0
+    for f in iter_job_files(args.files):
+        try:
+            jobs = load_jobs(f, only_jobs=True)
+        except LipSyncError as e:
+            print(f"FAIL {e.message}", file=sys.stderr)
+            failed += 1
+            continue
+        for job in jobs:
+            count += 1
+            print(f"ok   {f}: {job.metadata.name} ({job.spec.model.name})")
+    if failed:
+        return REASONS["InvalidSpec"].exit_code
+    if count == 0:
+        print("no LipSyncJob found", file=sys.stderr)
+        return REASONS["InvalidSpec"].exit_code
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .sample import make_sample
+
+    video, speech = make_sample(Path(args.folder))
+    print(f"wrote {video} and {speech}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lipsync", description="Lip-sync rendering: LipSyncJob YAML in, video out.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="render the jobs in YAML files or folders")
+    run.add_argument("files", nargs="*", help="LipSyncJob YAML files (multi-document) or folders of them")
+    run.add_argument("--job-env", metavar="VAR", help="read one job as JSON from this environment variable (pods)")
+    run.add_argument("--force", action="store_true", help="render again and replace a finished render at the output")
+    run.add_argument("--log-format", choices=["auto", "text", "json"], default="auto")
+    run.set_defaults(func=cmd_run)
+
+    val = sub.add_parser("validate", help="check job files against the schema without running them")
+    val.add_argument("files", nargs="+")
+    val.set_defaults(func=cmd_validate)
+
+    smp = sub.add_parser("sample", help="make the sample clip and speech used by examples/job.yaml")
+    smp.add_argument("folder", nargs="?", default="sample")
+    smp.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "run" and not args.files and not args.job_env:
+        parser().error("run: give job files or --job-env")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Fetch: turn an input URI into a local file.
+
+Local paths are used in place (never copied, never modified). https:// is streamed into the
+scratch folder with a size limit, retrying transient faults with backoff. s3:// goes through
+``lipsync.io.s3`` (the minio client).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..errors import AccessDenied, InputNotFound, InputTooLarge, StorageUnavailable
+
+DEFAULT_MAX_BYTES = 20 * 1024**3
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(("https://", "http://", "s3://"))
+
+
+def local_path(uri: str) -> Path:
+    return Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
+
+
+def fetch(uri: str, scratch: Path, *, field: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
+    """A local file holding ``uri``'s bytes. ``field`` (e.g. 'spec.video') names it in errors."""
+    if uri.startswith("s3://"):
+        from . import s3
+
+        dest = scratch / f"{field.rsplit('.', 1)[-1]}{Path(urlparse(uri).path).suffix}"
+        s3.download(uri, dest, max_bytes=max_bytes)
+        return dest
+    if uri.startswith(("https://", "http://")):
+        dest = scratch / f"{field.rsplit('.', 1)[-1]}{Path(urlparse(uri).path).suffix}"
+        _download_http(uri, dest, field=field, max_bytes=max_bytes)
+        return dest
+    path = local_path(uri)
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise InputNotFound(f"{field} {str(path)!r} {what}: check the path (relative paths are from the job file's folder)", stage="fetch")
+    return path
+
+
+def _download_http(url: str, dest: Path, *, field: str, max_bytes: int) -> None:
+    deadline = time.monotonic() + float(os.environ.get("LIPSYNC_HTTP_RETRY_SECONDS", "60"))
+    attempt = 0
+    while True:
+        try:
+            _download_once(url, dest, field=field, max_bytes=max_bytes)
+            return
+        except StorageUnavailable:
+            attempt += 1
+            delay = min(30.0, 0.5 * 2**attempt) * random.random()
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+
+
+def _download_once(url: str, dest: Path, *, field: str, max_bytes: int) -> None:
+    tmp = dest.with_name(dest.name + ".part")
+    req = urllib.request.Request(url, headers={"User-Agent": "lipsync-runner"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp, open(tmp, "wb") as out:
+            length = resp.headers.get("Content-Length")
+            if length and int(length) > max_bytes:
+                raise InputTooLarge(f"{field} {url} is {int(length)} bytes, over the limit of {max_bytes}", stage="fetch")
+            copied = 0
+            while chunk := resp.read(1 << 20):
+                copied += len(chunk)
+                if copied > max_bytes:
+                    raise InputTooLarge(f"{field} {url} is over the limit of {max_bytes} bytes", stage="fetch")
+                out.write(chunk)
+    except urllib.error.HTTPError as e:
+        tmp.unlink(missing_ok=True)
+        if e.code in (401, 403):
+            raise AccessDenied(f"{field} {url} answered HTTP {e.code}: the URL needs credentials or has expired", stage="fetch") from None
+        if e.code >= 500 or e.code == 429:
+            raise StorageUnavailable(f"{field} {url} answered HTTP {e.code}", stage="fetch") from None
+        raise InputNotFound(f"{field} {url} answered HTTP {e.code}: check the URL", stage="fetch") from None
+    except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError) as e:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "reason", e)
+        raise StorageUnavailable(f"{field} {url} is unreachable ({reason})", stage="fetch") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(dest)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+

@@ -1,0 +1,111 @@
+"""Probe: what ffprobe says about an input, reduced to the facts the pipeline plans with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import ffmpeg
+
+from ..errors import InvalidMedia, NoAudioStream, NoVideoStream
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int  # as displayed, after rotation
+    height: int
+    fps: Fraction  # the constant rate frames are decoded at
+    variable_rate: bool
+    rotation: int  # degrees, as recorded in the file (ffmpeg applies it when decoding)
+    duration: float
+    codec: str
+    frames_estimate: int
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    codec: str
+    sample_rate: int
+    channels: int
+    duration: float
+    bits: int  # bits per raw sample for PCM-like codecs, 0 otherwise
+
+
+def _ffprobe(path: Path, field: str) -> dict:
+    try:
+        return ffmpeg.probe(str(path))
+    except ffmpeg.Error as e:
+        detail = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+        last = detail[-1] if detail else "ffprobe failed"
+        raise InvalidMedia(f"{field} {str(path)!r} cannot be read as media ({last}): is the file complete?", stage="probe") from None
+
+
+def _rate(text: str | None) -> Fraction | None:
+    if not text or text in ("0/0", "0"):
+        return None
+    try:
+        r = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return r if r > 0 else None
+
+
+def _rotation(stream: dict) -> int:
+    rot = 0
+    if "rotate" in stream.get("tags", {}):
+        rot = int(float(stream["tags"]["rotate"]))
+    for side in stream.get("side_data_list", []):
+        if "rotation" in side:
+            rot = -int(float(side["rotation"]))
+    return rot % 360
+
+
+def _duration(probe: dict, stream: dict) -> float:
+    for src in (stream.get("duration"), probe.get("format", {}).get("duration")):
+        try:
+            if src is not None and float(src) > 0:
+                return float(src)
+        except ValueError:
+            pass
+    return 0.0
+
+
+def probe_video(path: Path, field: str = "spec.video") -> VideoInfo:
+    info = _ffprobe(path, field)
+    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "video"
+               and not s.get("disposition", {}).get("attached_pic")]
+    if not streams:
+        raise NoVideoStream(f"{field} {str(path)!r} has no video stream: give a video file", stage="probe")
+    s = streams[0]
+    r_rate, avg_rate = _rate(s.get("r_frame_rate")), _rate(s.get("avg_frame_rate"))
+    fps = avg_rate or r_rate
+    if fps is None:
+        raise InvalidMedia(f"{field} {str(path)!r}: ffprobe reports no frame rate", stage="probe")
+    variable = r_rate is not None and avg_rate is not None and abs(float(r_rate) - float(avg_rate)) > 0.01
+    if variable:
+        # Decode at a sane constant rate: the average, snapped to a common rate when close.
+        fps = min((Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
+                   Fraction(50), Fraction(60000, 1001), Fraction(60)), key=lambda c: abs(float(c) - float(avg_rate)))
+    width, height = int(s.get("width", 0)), int(s.get("height", 0))
+    if width <= 0 or height <= 0:
+        raise InvalidMedia(f"{field} {str(path)!r}: the video stream has no picture size", stage="probe")
+    rotation = _rotation(s)
+    if rotation in (90, 270):
+        width, height = height, width
+    duration = _duration(info, s)
+    return VideoInfo(width, height, fps, variable, rotation, duration, s.get("codec_name", "?"),
+                     int(round(duration * float(fps))))
+
+
+def probe_audio(path: Path, field: str = "spec.audio") -> AudioInfo:
+    info = _ffprobe(path, field)
+    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
+    if not streams:
+        raise NoAudioStream(f"{field} {str(path)!r} has no audio stream: give a speech file (WAV, AAC, MP3, Opus, FLAC)", stage="probe")
+    s = streams[0]
+    duration = _duration(info, s)
+    if duration <= 0:
+        raise InvalidMedia(f"{field} {str(path)!r}: the audio stream has no duration", stage="probe")
+    return AudioInfo(s.get("codec_name", "?"), int(s.get("sample_rate", 0)), int(s.get("channels", 0)), duration,
+                     int(s.get("bits_per_raw_sample") or s.get("bits_per_sample") or 0))

@@ -1,0 +1,104 @@
+"""Publish: artifacts into the output folder or S3 prefix, atomically, never over another job's.
+
+Each artifact is written under a temporary name and renamed (S3: copied server-side) into place,
+so a reader never sees half a file. ``metrics.json`` goes last: its presence means "finished",
+and the identity it records (job, uid, input checksums, spec digest) tells a re-run of the same
+job, which has nothing to do, from another job, whose render must not be overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from ..errors import OutputExists
+from .fetch import local_path
+
+ARTIFACTS = {  # name in the output -> (key in status.artifacts, content type)
+    "output.mp4": ("video", "video/mp4"),
+    "preview.jpg": ("preview", "image/jpeg"),
+    "run.log": ("log", "text/plain"),
+    "metrics.json": ("metrics", "application/json"),
+}
+
+
+class Store(Protocol):
+    uri: str
+
+    def get(self, name: str) -> bytes | None: ...
+
+    def put(self, name: str, src: Path, *, content_type: str, metadata: dict[str, str]) -> str: ...
+
+
+@dataclass
+class LocalStore:
+    uri: str
+
+    @property
+    def folder(self) -> Path:
+        return local_path(self.uri)
+
+    def get(self, name: str) -> bytes | None:
+        try:
+            return (self.folder / name).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def put(self, name: str, src: Path, *, content_type: str, metadata: dict[str, str]) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, self.folder / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return str(self.folder / name)
+
+
+def open_store(uri: str) -> Store:
+    if uri.startswith("s3://"):
+        from .s3 import S3Store
+
+        return S3Store(uri)
+    return LocalStore(uri)
+
+
+Verdict = Literal["absent", "same-job", "other-job"]
+
+
+def check_existing(store: Store, identity: dict) -> tuple[Verdict, dict | None]:
+    """What a finished render already at the output is, relative to this job."""
+    raw = store.get("metrics.json")
+    if raw is None:
+        return "absent", None
+    try:
+        found = json.loads(raw)
+    except ValueError:
+        return "other-job", None
+    if found.get("identity") == identity:
+        return "same-job", found
+    return "other-job", found
+
+
+def refuse_other(store: Store, found: dict | None) -> OutputExists:
+    who = (found or {}).get("identity", {})
+    desc = f"job {who.get('job')!r}" + (f" (uid {who['uid']})" if who.get("uid") else "") if who else "another render"
+    return OutputExists(
+        f"{store.uri} already holds a finished render of {desc}: choose another spec.output.uri, "
+        "or set spec.output.overwrite: true (CLI: --force) to replace it", stage="publish")
+
+
+def publish(store: Store, files: dict[str, Path], metadata: dict[str, str]) -> dict[str, str]:
+    """Upload the artifacts (metrics.json last); returns status.artifacts: key -> URI."""
+    out: dict[str, str] = {}
+    for name in sorted(files, key=lambda n: n == "metrics.json"):
+        key, ctype = ARTIFACTS[name]
+        out[key] = store.put(name, files[name], content_type=ctype, metadata=metadata)
+    return out

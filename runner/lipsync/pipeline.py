@@ -1,0 +1,288 @@
+"""Plans the stages of one job and runs them: fetch → probe → track → infer/overlay → remux → publish.
+
+Data flows one way. Frames stream from one ffmpeg process to another; the only per-frame state
+kept for the whole clip is the face track (a few numbers a frame).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import log
+from .audio import load_mono
+from .errors import InvalidMedia, LipSyncError, NoFaceFound
+from .io.fetch import fetch, is_remote, local_path, sha256
+from .io.probe import AudioInfo, VideoInfo, probe_audio, probe_video
+from .io.publish import ARTIFACTS, check_existing, open_store, publish, refuse_other
+from .metrics import Metrics
+from .models import FrameModel, load_model
+from .preview import Sheet, pick
+from .spec import LipSyncJob, LipSyncJobSpec
+from .video import crop, overlay, track
+from .video.decode import FrameReader, decode_command
+from .video.encode import FrameWriter, encode_command
+from .video.remux import remux
+from .video.source import Source, source_index
+
+ANALYSIS_SIDE = 640  # the longer side of the frames the face detector sees
+STAGE_WEIGHTS = {"fetch": 2, "track": 15, "render": 78, "remux": 3, "publish": 2}
+
+
+@dataclass(frozen=True)
+class Inputs:
+    video: Path
+    audio: Path
+    weights: Path | None
+    checksums: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The timeline: how many frames the output has, and which source frame each one shows."""
+
+    fps: float
+    n_src: int
+    n_out: int
+    trim_audio_to: float | None  # follow: video with longer speech: cut the speech here
+
+    def order(self) -> list[int]:
+        return [source_index(i, self.n_src) for i in range(self.n_out)]
+
+
+@dataclass
+class Result:
+    status: str  # "rendered" | "unchanged"
+    artifacts: dict[str, str]
+    metrics: dict
+
+
+def resolve(uri: str, base_dir: Path) -> str:
+    """Relative local paths in a job file are relative to the file's folder."""
+    if is_remote(uri):
+        return uri
+    p = local_path(uri)
+    return str(p if p.is_absolute() else (base_dir / p))
+
+
+def fetch_inputs(spec: LipSyncJobSpec, scratch: Path, base_dir: Path) -> Inputs:
+    video = fetch(resolve(spec.video, base_dir), scratch, field="spec.video")
+    audio = fetch(resolve(spec.audio, base_dir), scratch, field="spec.audio")
+    weights = None
+    if spec.model.weights:
+        weights = fetch_weights(resolve(spec.model.weights, base_dir), scratch)
+    sums = {"video": sha256(video), "audio": sha256(audio)}
+    if weights is not None and weights.is_file():
+        sums["weights"] = sha256(weights)
+    return Inputs(video, audio, weights, sums)
+
+
+def fetch_weights(uri: str, scratch: Path) -> Path:
+    if uri.startswith("s3://"):
+        from .io import s3
+
+        if uri.endswith("/"):
+            return s3.download_prefix(uri, scratch / "weights")
+        return s3.download_cached(uri, Path(os.environ.get("LIPSYNC_CACHE", scratch / "cache")))
+    p = local_path(uri)
+    if p.is_dir():
+        return p
+    return fetch(uri, scratch, field="spec.model.weights")
+
+
+def make_plan(spec: LipSyncJobSpec, video: VideoInfo, audio: AudioInfo, n_src: int) -> Plan:
+    fps = float(video.fps)
+    video_seconds = n_src / fps
+    if spec.timing.follow == "audio":
+        n_out = max(1, int(round(audio.duration * fps)))
+        return Plan(fps, n_src, n_out, None)
+    trim = video_seconds if audio.duration > video_seconds else None
+    return Plan(fps, n_src, n_src, trim)
+
+
+def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
+    spec_json = job.spec.model_dump_json(by_alias=True, exclude={"output": {"overwrite"}})
+    return {
+        "job": job.metadata.name,
+        "namespace": job.metadata.namespace,
+        "uid": job.metadata.uid,
+        "inputs": sums,
+        "spec_sha256": hashlib.sha256(spec_json.encode()).hexdigest(),
+    }
+
+
+def analysis_size(width: int, height: int) -> tuple[tuple[int, int], float]:
+    scale = max(1.0, max(width, height) / ANALYSIS_SIDE)
+    w, h = 2 * max(1, round(width / scale / 2)), 2 * max(1, round(height / scale / 2))
+    return (w, h), width / w
+
+
+def track_faces(spec: LipSyncJobSpec, inputs: Inputs, info: VideoInfo, on_progress: Callable[[float], None]
+                ) -> tuple[list[track.CropBox | None], track.Scan]:
+    (w, h), scale = analysis_size(info.width, info.height)
+    argv = decode_command(inputs.video, fps=info.fps if info.variable_rate else None, size=(w, h))
+
+    def frames():
+        with FrameReader(argv, w, h) as reader:
+            for i, frame in enumerate(reader):
+                if i % 25 == 0:
+                    on_progress(min(0.99, i / max(1, info.frames_estimate)))
+                yield frame
+
+    sc = track.scan(frames(), scale, spec.face)
+    if sc.frames == 0:
+        raise InvalidMedia(f"spec.video {str(inputs.video)!r} decoded to no frames: is the file complete?", stage="track")
+    boxes = track.build_track(sc, fps=float(info.fps), padding=spec.face.padding, every=spec.face.detect_every)
+    if not any(b is not None for b in boxes):
+        raise NoFaceFound(
+            f"no face was found in any of the {sc.frames} frames of spec.video: the speaker must face the camera; "
+            "try a clip where the face is larger or better lit", stage="track")
+    on_progress(1.0)
+    return boxes, sc
+
+
+def render(spec: LipSyncJobSpec, model: FrameModel, source: Source, plan: Plan, boxes: list[track.CropBox | None],
+           dest: Path, sheet: Sheet, on_progress: Callable[[float], None], batch_size: int) -> int:
+    """Streams every output frame through crop → model → overlay → encoder; returns frames written."""
+    out = spec.output
+    writer = FrameWriter(encode_command(dest, source.width, source.height, source.fps,
+                                        codec=out.video_codec, crf=out.crf, preset=out.preset),
+                         source.width, source.height)
+    size = model.crop_size or 256
+    pending: list[tuple[int, np.ndarray, track.CropBox | None]] = []
+    crops: list[np.ndarray] = []
+    crop_frames: list[int] = []
+
+    def flush() -> None:
+        synced = model.infer(np.stack(crops), np.array(crop_frames)) if crops else None
+        k = 0
+        for i, frame, box in pending:
+            result = frame
+            if box is not None:
+                assert synced is not None
+                result = overlay.paste(frame, box, synced[k], spec.face.padding)
+                k += 1
+            sheet.offer(i, frame, result, box)
+            writer.write(result)
+        pending.clear(), crops.clear(), crop_frames.clear()
+        on_progress(writer.frames / plan.n_out)
+
+    try:
+        for i, frame in enumerate(source.frames(plan.n_out)):
+            box = boxes[source_index(i, plan.n_src)]
+            pending.append((i, frame, box))
+            if box is not None:
+                crops.append(crop.cut(frame, box, size))
+                crop_frames.append(i)
+            if len(crops) >= batch_size or len(pending) >= 4 * batch_size:
+                flush()
+        flush()
+    except BaseException:
+        writer.abort()
+        raise
+    writer.close()
+    return writer.frames
+
+
+def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False, bar: bool = False) -> Result:
+    """Render one job end to end and publish its artifacts."""
+    spec = job.spec
+    metrics = Metrics()
+    progress = log.Progress(job.metadata.name, STAGE_WEIGHTS, bar=bar)
+    root = os.environ.get("LIPSYNC_SCRATCH")
+    with tempfile.TemporaryDirectory(prefix="lipsync-", dir=root) as tmp:
+        scratch = Path(tmp)
+        run_log = logging.FileHandler(scratch / "run.log")
+        run_log.setFormatter(log.JsonFormatter())
+        log.LOG.addHandler(run_log)
+        try:
+            return _run(job, spec, scratch, base_dir, force, metrics, progress)
+        except LipSyncError as e:
+            log.event(str(e), logging.ERROR, event="failed", job=job.metadata.name, stage=e.stage, reason=e.reason)
+            raise
+        finally:
+            progress.close()
+            log.LOG.removeHandler(run_log)
+            run_log.close()
+
+
+def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, force: bool,
+         metrics: Metrics, progress: log.Progress) -> Result:
+    name = job.metadata.name
+    store = open_store(resolve(spec.output.uri, base_dir))
+    log.event(f"job {name}: {spec.model.name} model", event="start", job=name, output=store.uri)
+
+    with metrics.stage("fetch"):
+        inputs = fetch_inputs(spec, scratch, base_dir)
+        ident = identity(job, inputs.checksums)
+        verdict, found = check_existing(store, ident)
+        if verdict == "same-job" and not force:
+            log.event(f"{store.uri} already holds this job's render: nothing to do", event="unchanged", job=name)
+            return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
+        if verdict == "other-job" and not (force or spec.output.overwrite):
+            raise refuse_other(store, found)
+        video_info = probe_video(inputs.video)
+        audio_info = probe_audio(inputs.audio)
+        model = load_model(spec, inputs.weights)
+    progress.update("fetch", 1.0)
+
+    with metrics.stage("track") as fig:
+        boxes, sc = track_faces(spec, inputs, video_info, lambda f: progress.update("track", f))
+        fig.frames = sc.frames
+    plan = make_plan(spec, video_info, audio_info, sc.frames)
+    order = plan.order()
+    log.event(f"planned {plan.n_out} output frames from {plan.n_src} at {plan.fps:.3f} fps", event="plan", job=name,
+              faces=sum(b is not None for b in boxes), cuts=len(sc.cuts), detector_calls=sc.detector_calls)
+
+    source = Source(inputs.video, video_info.width, video_info.height, video_info.fps, video_info.variable_rate, plan.n_src)
+    sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
+    video_only = scratch / "video.mp4"
+    with metrics.stage("render") as fig:
+        model.prepare(load_mono(inputs.audio, model.audio_rate), plan.fps, plan.n_out)
+        batch = getattr(model, "batch_size", 16)
+        fig.frames = render(spec, model, source, plan, boxes, video_only, sheet,
+                            lambda f: progress.update("render", f), batch)
+
+    output = scratch / "output.mp4"
+    with metrics.stage("remux"):
+        remux(video_only, inputs.audio, output, audio_codec=audio_info.codec, duration=plan.trim_audio_to)
+    progress.update("remux", 1.0)
+
+    files = {"output.mp4": output}
+    if sheet.write(scratch / "preview.jpg", plan.fps):
+        files["preview.jpg"] = scratch / "preview.jpg"
+    with_face = sum(boxes[s] is not None for s in order)
+    metrics.extra.update({
+        "identity": ident,
+        "model": spec.model.name,
+        "video": {"width": video_info.width, "height": video_info.height, "fps": plan.fps,
+                  "variable_rate": video_info.variable_rate, "rotation": video_info.rotation,
+                  "source_frames": plan.n_src},
+        "audio": {"codec": audio_info.codec, "sample_rate": audio_info.sample_rate,
+                  "channels": audio_info.channels, "duration_s": round(audio_info.duration, 4)},
+        "output": {"frames": plan.n_out, "duration_s": round(plan.n_out / plan.fps, 4)},
+        "face_track": {"frames_with_face": with_face, "frames_without_face": plan.n_out - with_face,
+                       "detector_calls": sc.detector_calls, "shots": len(sc.cuts),
+                       "box_jitter": track.jitter(boxes)},
+    })
+    with metrics.stage("publish"):
+        meta = {"job": name, "uid": job.metadata.uid or "", "model": spec.model.name,
+                **{f"sha256-{k}": v for k, v in inputs.checksums.items()}}
+        artifacts = {ARTIFACTS[n][0]: f"{store.uri.rstrip('/')}/{n}" for n in [*files, "run.log", "metrics.json"]}
+        metrics.extra["artifacts"] = artifacts
+        log.event(f"rendered {plan.n_out} frames", event="rendered", job=name, **metrics.as_dict()["stages"]["render"])
+        files["run.log"] = scratch / "run.log"
+        (scratch / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
+        files["metrics.json"] = scratch / "metrics.json"
+        publish(store, files, meta)
+    progress.update("publish", 1.0)
+    return Result("rendered", artifacts, metrics.as_dict())
+

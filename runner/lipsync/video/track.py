@@ -1,0 +1,213 @@
+"""Face track: where the selected face is in every frame, as a stable, padded, square crop box.
+
+Two steps. ``scan`` walks small analysis frames once: it detects faces every ``detect_every``
+frames and on scene cuts, and where the answer changes between two detections (the face left or
+came back) it detects on each frame in between, from a short ring buffer. ``build_track`` then
+turns those sparse detections into one box per frame: interpolated between detections, short
+misses bridged, smoothed over time within a shot, padded, and of a fixed size per shot. Only
+boxes are kept for the whole clip, never frames.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..spec import FaceSpec
+
+CUT_THRESHOLD = 40.0  # mean absolute difference of 64x36 grey thumbnails, 0-255
+_CASCADE: cv2.CascadeClassifier | None = None
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face box in full-resolution pixels (x, y: top-left corner)."""
+
+    x: float
+    y: float
+    w: float
+    h: float
+
+    @property
+    def cx(self) -> float:
+        return self.x + self.w / 2
+
+    @property
+    def cy(self) -> float:
+        return self.y + self.h / 2
+
+    def iou(self, o: "Box") -> float:
+        ix = max(0.0, min(self.x + self.w, o.x + o.w) - max(self.x, o.x))
+        iy = max(0.0, min(self.y + self.h, o.y + o.h) - max(self.y, o.y))
+        inter = ix * iy
+        union = self.w * self.h + o.w * o.h - inter
+        return inter / union if union > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square crop window in full-resolution pixels; may reach past the frame's edges."""
+
+    x: int
+    y: int
+    size: int
+
+
+@dataclass
+class Scan:
+    frames: int
+    detections: dict[int, Box | None]  # frame index -> the selected face (None: looked, none found)
+    cuts: list[int]  # frame indices where a new shot starts (0 always)
+    detector_calls: int
+
+
+def _cascade() -> cv2.CascadeClassifier:
+    global _CASCADE
+    if _CASCADE is None:
+        _CASCADE = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    return _CASCADE
+
+
+def detect_faces(gray: np.ndarray, scale: float) -> list[Box]:
+    """Faces in a small grey frame, in full-resolution pixels (``scale`` = full / small)."""
+    min_side = max(24, int(min(gray.shape) * 0.06))
+    found = _cascade().detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=5,
+                                        minSize=(min_side, min_side))
+    return [Box(x * scale, y * scale, w * scale, h * scale) for (x, y, w, h) in found]
+
+
+def select_face(faces: list[Box], face: FaceSpec, previous: Box | None) -> Box | None:
+    """The face to sync: the one continuing the previous box if any, else by the spec's rule."""
+    if not faces:
+        return None
+    if previous is not None:
+        best = max(faces, key=previous.iou)
+        if previous.iou(best) > 0.2:
+            return best
+    if face.select == "largest":
+        return max(faces, key=lambda b: b.w * b.h)
+    ordered = sorted(faces, key=lambda b: b.cx)
+    return ordered[face.index] if face.index < len(ordered) else None
+
+
+def _thumb(gray: np.ndarray) -> np.ndarray:
+    return cv2.resize(gray, (64, 36), interpolation=cv2.INTER_AREA).astype(np.int16)
+
+
+def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec) -> Scan:
+    """One pass over small BGR analysis frames."""
+    every = face.detect_every
+    detections: dict[int, Box | None] = {}
+    cuts: list[int] = []
+    calls = 0
+    buffer: deque[tuple[int, np.ndarray]] = deque(maxlen=every)
+    prev_thumb: np.ndarray | None = None
+    last_key: int | None = None
+    previous: Box | None = None
+
+    def detect(i: int, gray: np.ndarray) -> Box | None:
+        nonlocal calls, previous
+        calls += 1
+        box = select_face(detect_faces(gray, scale), face, previous)
+        detections[i] = box
+        previous = box if box is not None else previous
+        return box
+
+    n = 0
+    for i, frame in enumerate(frames):
+        n = i + 1
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        thumb = _thumb(gray)
+        is_cut = prev_thumb is None or float(np.abs(thumb - prev_thumb).mean()) > CUT_THRESHOLD
+        prev_thumb = thumb
+        if is_cut:
+            cuts.append(i)
+            previous = None
+            buffer.clear()
+        if is_cut or i % every == 0:
+            before = detections.get(last_key) if last_key is not None else None
+            now = detect(i, gray)
+            if not is_cut and last_key is not None and (before is None) != (now is None):
+                # The face came or went in between: find the frame exactly.
+                for j, g in buffer:
+                    if j > last_key:
+                        detect(j, g)
+            last_key = i
+        buffer.append((i, gray))
+    if last_key is not None and last_key < n - 1:
+        detect(n - 1, buffer[-1][1])  # the last frame anchors the tail
+    return Scan(n, detections, cuts or [0], calls)
+
+
+def _shots(cuts: list[int], n: int) -> list[tuple[int, int]]:
+    edges = sorted(set(cuts) | {0}) + [n]
+    return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+
+def _fill(detections: dict[int, Box | None], start: int, end: int, bridge: int) -> list[Box | None]:
+    """Per-frame boxes for one shot: linear between detections, misses up to ``bridge`` frames bridged."""
+    keys = sorted(k for k in detections if start <= k < end)
+    out: list[Box | None] = [None] * (end - start)
+    hits = [k for k in keys if detections[k] is not None]
+    for k in hits:
+        out[k - start] = detections[k]
+    for a, b in zip(hits, hits[1:]):
+        misses = [k for k in keys if a < k < b]
+        ba, bb = detections[a], detections[b]
+        assert ba is not None and bb is not None
+        if misses and (b - a > bridge or ba.iou(bb) < 0.3):
+            continue
+        for k in range(a + 1, b):
+            t = (k - a) / (b - a)
+            out[k - start] = Box(*(u + t * (v - u) for u, v in zip((ba.x, ba.y, ba.w, ba.h), (bb.x, bb.y, bb.w, bb.h))))
+    return out
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or len(values) < 2:
+        return values
+    pad = window // 2
+    padded = np.pad(values, (pad, pad), mode="edge")
+    return np.convolve(padded, np.ones(window) / window, mode="valid")[: len(values)]
+
+
+def _runs(boxes: list[Box | None]) -> list[tuple[int, int]]:
+    runs, start = [], None
+    for i, b in enumerate(boxes + [None]):
+        if b is not None and start is None:
+            start = i
+        elif b is None and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
+def build_track(sc: Scan, *, fps: float, padding: float, every: int) -> list[CropBox | None]:
+    """One crop box per frame (None: no face, the frame passes through)."""
+    track: list[CropBox | None] = [None] * sc.frames
+    window = max(3, int(round(fps * 0.3)) | 1)
+    for start, end in _shots(sc.cuts, sc.frames):
+        boxes = _fill(sc.detections, start, end, bridge=3 * every)
+        for a, b in _runs(boxes):
+            run = [bx for bx in boxes[a:b] if bx is not None]
+            cx = _smooth(np.array([bx.cx for bx in run]), window)
+            cy = _smooth(np.array([bx.cy for bx in run]), window)
+            side = float(np.median([max(bx.w, bx.h) for bx in run])) * (1 + 2 * padding)
+            size = int(round(side / 2)) * 2
+            for k, (x, y) in enumerate(zip(cx, cy)):
+                track[start + a + k] = CropBox(int(round(x - size / 2)), int(round(y - size / 2)), size)
+    return track
+
+
+def jitter(track: list[CropBox | None]) -> float:
+    """Mean frame-to-frame movement of the box centre, as a fraction of its side."""
+    steps = [
+        np.hypot(b.x - a.x, b.y - a.y) / a.size
+        for a, b in zip(track, track[1:])
+        if a is not None and b is not None and a.size == b.size
+    ]
+    return round(float(np.mean(steps)), 5) if steps else 0.0
