@@ -128,7 +128,7 @@ def analysis_size(width: int, height: int) -> tuple[tuple[int, int], float]:
 def track_faces(spec: LipSyncJobSpec, inputs: Inputs, info: VideoInfo, on_progress: Callable[[float], None]
                 ) -> tuple[list[track.CropBox | None], track.Scan]:
     (w, h), scale = analysis_size(info.width, info.height)
-    argv = decode_command(inputs.video, fps=info.fps if info.variable_rate else None, size=(w, h))
+    argv = decode_command(inputs.video, fps=info.fps, size=(w, h))
 
     def frames():
         with FrameReader(argv, w, h) as reader:
@@ -203,6 +203,8 @@ def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False,
         run_log = logging.FileHandler(scratch / "run.log")
         run_log.setFormatter(log.JsonFormatter())
         log.LOG.addHandler(run_log)
+        if log.LOG.level == logging.NOTSET:  # called as a library, without log.setup()
+            log.LOG.setLevel(logging.INFO)
         try:
             return _run(job, spec, scratch, base_dir, force, metrics, progress)
         except LipSyncError as e:
@@ -242,7 +244,7 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
     log.event(f"planned {plan.n_out} output frames from {plan.n_src} at {plan.fps:.3f} fps", event="plan", job=name,
               faces=sum(b is not None for b in boxes), cuts=len(sc.cuts), detector_calls=sc.detector_calls)
 
-    source = Source(inputs.video, video_info.width, video_info.height, video_info.fps, video_info.variable_rate, plan.n_src)
+    source = Source(inputs.video, video_info.width, video_info.height, video_info.fps, plan.n_src)
     sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
     video_only = scratch / "video.mp4"
     with metrics.stage("render") as fig:

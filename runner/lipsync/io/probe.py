@@ -15,8 +15,8 @@ from ..errors import InvalidMedia, NoAudioStream, NoVideoStream
 class VideoInfo:
     width: int  # as displayed, after rotation
     height: int
-    fps: Fraction  # the constant rate frames are decoded at
-    variable_rate: bool
+    fps: Fraction  # the constant rate frames are decoded at (through an fps filter, whatever the input)
+    variable_rate: bool  # as far as the container tells: informational
     rotation: int  # degrees, as recorded in the file (ffmpeg applies it when decoding)
     duration: float
     codec: str
@@ -51,6 +51,18 @@ def _rate(text: str | None) -> Fraction | None:
     return r if r > 0 else None
 
 
+COMMON_RATES = tuple(Fraction(r) for r in ("24000/1001", "24", "25", "30000/1001", "30", "50", "60000/1001", "60"))
+
+
+def _constant_rate(average: Fraction) -> Fraction:
+    """The constant rate to decode a variable-rate video at: its average, snapped to a common
+    rate within 2 % (phones record ~29.97 with jitter), else the average itself."""
+    near = min(COMMON_RATES, key=lambda c: abs(float(c) - float(average)))
+    if abs(float(near) - float(average)) <= 0.02 * float(near):
+        return near
+    return average.limit_denominator(1001)
+
+
 def _rotation(stream: dict) -> int:
     rot = 0
     if "rotate" in stream.get("tags", {}):
@@ -83,10 +95,8 @@ def probe_video(path: Path, field: str = "spec.video") -> VideoInfo:
     if fps is None:
         raise InvalidMedia(f"{field} {str(path)!r}: ffprobe reports no frame rate", stage="probe")
     variable = r_rate is not None and avg_rate is not None and abs(float(r_rate) - float(avg_rate)) > 0.01
-    if variable:
-        # Decode at a sane constant rate: the average, snapped to a common rate when close.
-        fps = min((Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
-                   Fraction(50), Fraction(60000, 1001), Fraction(60)), key=lambda c: abs(float(c) - float(avg_rate)))
+    if variable and avg_rate is not None:
+        fps = _constant_rate(avg_rate)
     width, height = int(s.get("width", 0)), int(s.get("height", 0))
     if width <= 0 or height <= 0:
         raise InvalidMedia(f"{field} {str(path)!r}: the video stream has no picture size", stage="probe")

@@ -1,7 +1,8 @@
 """Decode: frames out of ffmpeg through a pipe, one at a time, never the whole clip.
 
 ffmpeg applies the file's rotation itself, and an ``fps`` filter turns variable frame rate into
-the constant rate the pipeline plans with. A reader thread keeps a few frames ready so that
+the constant rate the pipeline plans with (for constant-rate input it passes frames 1:1; always
+applying it also covers containers that do not report a variable rate, such as Matroska). A reader thread keeps a few frames ready so that
 decoding overlaps with the work done on each frame.
 """
 
@@ -22,11 +23,11 @@ from ..errors import InvalidMedia
 _END = object()
 
 
-def decode_command(path: Path, *, fps: Fraction | None, size: tuple[int, int] | None = None,
+def decode_command(path: Path, *, fps: Fraction, size: tuple[int, int] | None = None,
                    start_frame: int = 0, frames: int | None = None, rate: Fraction | None = None) -> list[str]:
     """The ffmpeg argv that writes raw BGR frames to stdout.
 
-    ``fps`` forces a constant rate (for variable-rate input); ``size`` scales (analysis pass);
+    ``fps`` is the constant output rate; ``size`` scales (analysis pass);
     ``start_frame``/``frames`` read a window, seeking to it (``rate`` converts frames to time).
     """
     in_kw: dict = {}
@@ -34,8 +35,7 @@ def decode_command(path: Path, *, fps: Fraction | None, size: tuple[int, int] | 
         assert rate is not None
         in_kw["ss"] = f"{max(0.0, (start_frame - 0.5) / float(rate)):.6f}"
     stream = ffmpeg.input(str(path), **in_kw).video
-    if fps is not None:
-        stream = stream.filter("fps", fps=str(fps))
+    stream = stream.filter("fps", fps=str(fps))
     if size is not None:
         stream = stream.filter("scale", size[0], size[1], flags="area")
     out_kw: dict = {"format": "rawvideo", "pix_fmt": "bgr24", "loglevel": "error", "nostdin": None}

@@ -34,12 +34,10 @@ class Source:
     width: int
     height: int
     fps: Fraction
-    force_fps: bool  # variable frame rate input: decode through an fps filter
     n_src: int
 
     def _reader(self, start: int = 0, frames: int | None = None) -> FrameReader:
-        argv = decode_command(self.path, fps=self.fps if self.force_fps else None,
-                              start_frame=start, frames=frames, rate=self.fps)
+        argv = decode_command(self.path, fps=self.fps, start_frame=start, frames=frames, rate=self.fps)
         return FrameReader(argv, self.width, self.height)
 
     def frames(self, n_out: int) -> Iterator[np.ndarray]:

@@ -1,0 +1,97 @@
+"""Test media, built with ffmpeg and espeak-ng on the spot (nothing committed, nothing downloaded),
+and helpers that read facts back out of rendered files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from lipsync.sample import VideoRecipe, make_speech, make_video, still
+
+SMALL = dict(width=480, height=270, fps=25.0, face_width=0.42)
+SHORT_TEXT = "Hello there, this is a test of the lip sync runner."
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-y", "-loglevel", "error", *args], check=True)
+
+
+def clip(dest: Path, seconds: float = 2.0, **kw) -> Path:
+    recipe = VideoRecipe(**{**SMALL, "seconds": seconds, "motions": (still(),), "crf": 16, **kw})
+    return make_video(dest, recipe)
+
+
+def speech(dest: Path, *codec_args: str, text: str = SHORT_TEXT, pad_silence: float = 0.0,
+           rate: int = 44100, channels: int = 2) -> Path:
+    return make_speech(dest, text, rate=rate, channels=channels, codec_args=codec_args, pad_silence=pad_silence)
+
+
+def job_file(folder: Path, name: str = "t", **spec) -> Path:
+    spec.setdefault("output", {"uri": str(folder / "out"), "preset": "ultrafast"})
+    doc = {"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob", "metadata": {"name": name}, "spec": spec}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def probe(path: Path) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def stream(path: Path, kind: str) -> dict:
+    return next(s for s in probe(path)["streams"] if s["codec_type"] == kind)
+
+
+def video_duration(path: Path) -> float:
+    s = stream(path, "video")
+    return int(s["nb_frames"]) * eval(s["r_frame_rate"]) ** -1
+
+
+def packet_md5(path: Path) -> str:
+    """MD5 of the first audio stream's packets, as ffmpeg's stream-copy md5 muxer sees them."""
+    out = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-c", "copy", "-f", "md5", "-"],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def sample_md5(path: Path) -> str:
+    """MD5 of the first audio stream's decoded samples (32-bit, so 16- and 24-bit both fit)."""
+    out = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-c:a", "pcm_s32le",
+                          "-f", "md5", "-"], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def frames(path: Path, every: int = 1) -> np.ndarray:
+    """All frames (BGR, uint8) of a small clip: tests only, on clips of a few seconds."""
+    s = stream(path, "video")
+    w, h = int(s["width"]), int(s["height"])
+    raw = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "bgr24", "-"],
+                         capture_output=True, check=True).stdout
+    arr = np.frombuffer(raw, np.uint8)
+    side = rotated_size(s, w, h)
+    return arr.reshape(-1, side[1], side[0], 3)[::every]
+
+
+def rotated_size(s: dict, w: int, h: int) -> tuple[int, int]:
+    rot = 0
+    for side in s.get("side_data_list", []):
+        rot = int(side.get("rotation", rot))
+    rot = int(s.get("tags", {}).get("rotate", rot))
+    return (h, w) if abs(rot) % 180 == 90 else (w, h)
+
+
+def reencode(src: Path, dest: Path, crf: int = 18, preset: str = "ultrafast") -> Path:
+    """A plain encode of ``src`` at the runner's settings: what pixels outside the mask must match."""
+    ffmpeg("-i", str(src), "-an", "-c:v", "libx264", "-crf", str(crf), "-preset", preset, "-pix_fmt", "yuv420p", str(dest))
+    return dest
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
