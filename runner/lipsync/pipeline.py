@@ -246,7 +246,7 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
 
     source = Source(inputs.video, video_info.width, video_info.height, video_info.fps, plan.n_src)
     sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
-    video_only = scratch / "video.mp4"
+    video_only = scratch / "encoded.mp4"
     with metrics.stage("render") as fig:
         model.prepare(load_mono(inputs.audio, model.audio_rate), plan.fps, plan.n_out)
         batch = getattr(model, "batch_size", 16)

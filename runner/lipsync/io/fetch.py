@@ -32,14 +32,13 @@ def local_path(uri: str) -> Path:
 
 def fetch(uri: str, scratch: Path, *, field: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
     """A local file holding ``uri``'s bytes. ``field`` (e.g. 'spec.video') names it in errors."""
+    dest = scratch / f"input-{field.rsplit('.', 1)[-1]}{Path(urlparse(uri).path).suffix}"
     if uri.startswith("s3://"):
         from . import s3
 
-        dest = scratch / f"{field.rsplit('.', 1)[-1]}{Path(urlparse(uri).path).suffix}"
         s3.download(uri, dest, max_bytes=max_bytes)
         return dest
     if uri.startswith(("https://", "http://")):
-        dest = scratch / f"{field.rsplit('.', 1)[-1]}{Path(urlparse(uri).path).suffix}"
         _download_http(uri, dest, field=field, max_bytes=max_bytes)
         return dest
     path = local_path(uri)
