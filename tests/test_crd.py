@@ -1,0 +1,179 @@
+"""The LipSyncJob CRD: generated from the pydantic models, committed, structural, and in step
+with pydantic on every example job."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import yaml
+
+from k8s_helpers import ROOT, admit, k8s_validate, structural_errors, yaml_docs
+from lipsync.crd import CRD_NAME, RULES, crd_manifest, crd_yaml, openapi_schema
+from lipsync.errors import InvalidSpec
+from lipsync.spec import KIND, ModelSpec, load_jobs, parse_job
+
+CRD_FILES = [
+    ROOT / "crds" / f"{CRD_NAME}.yaml",
+    ROOT / "charts" / "lipsync-operator" / "crds" / f"{CRD_NAME}.yaml",
+]
+EXAMPLE_FILES = sorted(
+    p for p in [*ROOT.glob("examples/*.yaml"), *ROOT.glob("examples/*.yml"),
+                *ROOT.glob("examples/gitops/*.yaml")]
+    if p.name not in ("kustomization.yaml", "kustomization.yml")
+)
+SCHEMA = openapi_schema()
+try:
+    import celpy  # noqa: F401  (cel-python: evaluates the CEL rules offline)
+
+    _HAVE_CEL = True
+except ImportError:
+    _HAVE_CEL = False
+
+
+def _job(**spec):
+    base = {"video": "in.mp4", "audio": "speech.wav", "output": {"uri": "out"}}
+    base.update(spec)
+    return {"apiVersion": "lipsync.dev/v1alpha1", "kind": KIND, "metadata": {"name": "demo"}, "spec": base}
+
+
+@pytest.mark.parametrize("path", CRD_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_committed_crd_is_current(path: Path):
+    assert path.exists(), f"{path.relative_to(ROOT)} is missing: write it with `lipsync crd > {path.relative_to(ROOT)}`"
+    assert path.read_text() == crd_yaml(), (
+        f"{path.relative_to(ROOT)} is stale: spec.py changed. Regenerate it: "
+        f"`lipsync crd > {path.relative_to(ROOT)}` (or python -c 'from lipsync.crd import crd_yaml; "
+        "print(crd_yaml(), end=\"\")')"
+    )
+
+
+def test_crd_yaml_is_deterministic_and_round_trips():
+    assert crd_yaml() == crd_yaml()
+    docs = list(yaml.safe_load_all(crd_yaml()))
+    assert docs == [crd_manifest()]
+
+
+def test_crd_validates_against_kubernetes_schema():
+    k8s_validate(crd_manifest())
+
+
+def test_schema_is_structural():
+    assert structural_errors(SCHEMA) == []
+
+
+def test_crd_shape():
+    crd = crd_manifest()
+    spec = crd["spec"]
+    assert crd["metadata"]["name"] == f"{spec['names']['plural']}.{spec['group']}"
+    assert spec["names"]["kind"] == "LipSyncJob" and "lsj" in spec["names"]["shortNames"]
+    (version,) = spec["versions"]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Phase"] == ".status.phase"
+    assert columns["Progress"] == ".status.progress"
+    assert columns["Model"] == ".spec.model.name"
+    assert columns["Age"] == ".metadata.creationTimestamp"
+
+
+def test_schema_keeps_descriptions_enums_defaults_and_bounds():
+    spec = SCHEMA["properties"]["spec"]
+    assert spec["description"] and spec["properties"]["video"]["description"]
+    model = spec["properties"]["model"]["properties"]
+    assert model["name"]["enum"] == ["baseline", "wav2lip", "command", "latentsync"]
+    assert model["name"]["default"] == "baseline"
+    assert model["options"]["x-kubernetes-preserve-unknown-fields"] is True
+    assert "batchSize" in model["options"]["description"]  # kubectl explain lists the options
+    crf = spec["properties"]["output"]["properties"]["crf"]
+    assert (crf["minimum"], crf["maximum"], crf["default"]) == (0, 51, 18)
+    assert spec["properties"]["face"]["properties"]["detector"]["enum"] == ["haar"]
+    assert spec["required"] == ["video", "audio", "output"]
+    status = SCHEMA["properties"]["status"]["properties"]
+    assert status["artifacts"]["additionalProperties"] == {"type": "string"}
+    assert status["progress"]["nullable"] is True and status["progress"]["maximum"] == 100
+    assert status["conditions"]["x-kubernetes-list-type"] == "map"
+    text = crd_yaml()
+    assert "$ref" not in text and "$defs" not in text and "anyOf" not in text and "title:" not in text
+
+
+def test_defaults_match_pydantic():
+    """What the API server stores for a minimal job equals pydantic's view of it."""
+    doc = _job()
+    stored = admit(doc, SCHEMA, cel=False)
+    parsed = parse_job(doc).model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert stored["spec"] == parsed["spec"]
+
+
+def _cel_agrees_with_pydantic(model: dict) -> tuple[bool, bool]:
+    from k8s_helpers import cel_eval, prune_nulls_and_default
+
+    schema = SCHEMA["properties"]["spec"]["properties"]["model"]
+    value = prune_nulls_and_default(model, schema)
+    cel_ok = all(cel_eval(r["rule"], value) for r in RULES["ModelSpec"])
+    try:
+        ModelSpec.model_validate(model)
+        py_ok = True
+    except Exception:  # noqa: BLE001 - pydantic.ValidationError
+        py_ok = False
+    return cel_ok, py_ok
+
+
+@pytest.mark.parametrize(
+    "name,weights,command",
+    list(itertools.product(
+        [None, "baseline", "wav2lip", "command", "latentsync"],
+        [None, "", "s3://models/w.pth"],
+        [None, [], ["tool", "{video}"]],
+    )),
+)
+def test_cel_rules_agree_with_pydantic(name, weights, command):
+    pytest.importorskip("celpy", reason="cel-python evaluates the CRD's CEL rules offline")
+    model = {k: v for k, v in {"name": name, "weights": weights, "command": command}.items() if v is not None}
+    cel_ok, py_ok = _cel_agrees_with_pydantic(model)
+    if weights == "" and name not in ("wav2lip", "latentsync"):
+        # An empty URI is a syntax error that pydantic (the operator) reports; not a CEL rule.
+        assert not py_ok
+        return
+    assert cel_ok == py_ok, f"{model}: CEL says {cel_ok}, pydantic says {py_ok}"
+
+
+def test_cel_rule_messages_reach_the_user():
+    pytest.importorskip("celpy")
+    with pytest.raises(AssertionError, match="need spec.model.weights"):
+        admit(_job(model={"name": "wav2lip"}), SCHEMA)
+    with pytest.raises(AssertionError, match="needs spec.model.command"):
+        admit(_job(model={"name": "command"}), SCHEMA)
+    # an explicit null is pruned before the rules run: it reads as absent, as pydantic's None does
+    admit(_job(model={"name": "baseline", "weights": None, "command": None}), SCHEMA)
+
+
+def test_schema_rejects_what_pydantic_rejects():
+    bad = [
+        _job(face={"paddding": 0.3}),                 # unknown field
+        _job(output={"uri": "o", "crf": 52}),         # out of range
+        _job(timing={"follow": "both"}),              # not in the enum
+        _job(face={"index": -1}),                     # minimum
+        _job(output={"crf": 18}),                     # required field missing
+    ]
+    for doc in bad:
+        with pytest.raises(InvalidSpec):
+            parse_job(doc)
+        with pytest.raises(AssertionError):
+            admit(doc, SCHEMA, cel=False)
+
+
+def test_there_are_examples():
+    assert any(p.parent.name == "gitops" for p in EXAMPLE_FILES)
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_example_jobs_validate(path: Path):
+    """Every LipSyncJob in examples/ is admitted by the CRD and parsed by pydantic alike."""
+    docs = [d for d in yaml_docs(path) if isinstance(d, dict) and d.get("kind") == KIND]
+    jobs = load_jobs(path, only_jobs=True)
+    assert len(jobs) == len(docs)
+    for doc, job in zip(docs, jobs):
+        stored = admit(doc, SCHEMA, cel=_HAVE_CEL)
+        # the API server's defaults and pydantic's agree on the example too
+        assert stored["spec"] == job.model_dump(by_alias=True, exclude_none=True, mode="json")["spec"]
