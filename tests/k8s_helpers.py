@@ -5,7 +5,7 @@
   CRD's own shape; these are the rules that make ``kubectl apply -f crd.yaml`` fail.
 * ``admit``: what creating a custom resource goes through: null pruning, defaulting, schema
   validation (unknown fields rejected, as ``kubectl``'s default ``--validate=strict`` does) and the
-  ``x-kubernetes-validations`` CEL rules (evaluated with cel-python when it is installed).
+  ``x-kubernetes-validations`` CEL rules (evaluated with cel-expr-python when it is installed).
 """
 
 from __future__ import annotations
@@ -154,15 +154,26 @@ def iter_rules(value: Any, schema: dict[str, Any], path: str = "") -> Iterator[t
             yield from iter_rules(v, schema["items"], f"{path}[{i}]")
 
 
-def cel_eval(rule: str, self_value: Any) -> bool:
-    import celpy  # cel-python; callers skip when it is missing
+def cel_eval(expression: str, variables: dict[str, Any]) -> bool:
+    """Evaluate a CEL expression with cel-expr-python (the CEL C++ runtime; callers skip when it
+    is missing). Variables are dynamically typed JSON values; the optional-field syntax
+    (``a.?b.orValue(x)``) that Flux's health expressions use is enabled."""
+    from cel_expr_python import cel
+    from cel_expr_python.ext.ext_optional import ExtOptional
 
-    env = celpy.Environment()
-    prog = env.program(env.compile(rule))
-    result = prog.evaluate({"self": celpy.json_to_cel(self_value)})
-    if isinstance(result, celpy.CELEvalError):
-        raise AssertionError(f"CEL rule {rule!r} failed to evaluate: {result}")
-    return bool(result)
+    env = cel.NewEnv(variables={k: cel.Type.DYN for k in variables}, extensions=[ExtOptional()])
+    result = env.compile(expression).eval(data=variables)
+    if result.type() != cel.Type.BOOL:
+        raise AssertionError(f"CEL {expression!r} gave {result.type().name()}: {result.value()}")
+    return bool(result.value())
+
+
+def have_cel() -> bool:
+    try:
+        import cel_expr_python  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def admit(doc: dict[str, Any], schema: dict[str, Any], *, cel: bool = True) -> dict[str, Any]:
@@ -176,7 +187,7 @@ def admit(doc: dict[str, Any], schema: dict[str, Any], *, cel: bool = True) -> d
         raise AssertionError(f"schema: {where}: {e.message}") from None
     if cel:
         for path, rule, value in iter_rules(stored, schema):
-            if not cel_eval(rule["rule"], value):
+            if not cel_eval(rule["rule"], {"self": value}):
                 raise AssertionError(f"CEL {path}{rule.get('fieldPath', '')}: {rule['message']}")
     return stored
 
