@@ -279,3 +279,31 @@ def test_notes_say_what_to_run_next():
     assert "s3.existingSecret" in text  # nothing configured: says how
     text = notes(CUSTOM_VALUES)
     assert "kubectl get lsj -n renders -w" in text and "Kueue" in text
+
+
+def test_install_doc_matches_the_chart():
+    """docs/install.md: the files it names exist, and its `helm install --set`s fit the chart."""
+    import re
+
+    doc = (ROOT / "docs" / "install.md").read_text()
+    for path in set(re.findall(r"\b((?:examples|charts|crds)/[\w./-]+\w)", doc)):
+        assert (ROOT / path).exists(), f"docs/install.md names {path}, which does not exist"
+    sets = re.findall(r"--set '?([^ ']+)'?", doc)
+    assert sets
+    values: dict[str, Any] = {}
+    for expression in sets:
+        merged = helm.parse_set_string(expression)
+        for key, value in merged.items():
+            values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema(values)
+    docs = render(values)
+    env = env_of(docs)
+    assert env["LIPSYNC_S3_SECRET"] == "lipsync-s3"
+    (deploy,) = by_kind(docs, "Deployment")
+    assert f"deployment/{deploy['metadata']['name']}" in doc
+    for key in re.findall(r"`((?:runner|metrics|s3)\.[\w.]+)`", doc):
+        node: Any = yaml.safe_load((CHART / "values.yaml").read_text())
+        for part in key.split("."):
+            assert isinstance(node, dict) and part in node, f"docs/install.md names {key}, not in values.yaml"
+            node = node[part]
