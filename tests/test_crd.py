@@ -176,3 +176,31 @@ def test_example_jobs_validate(path: Path):
         stored = admit(doc, SCHEMA, cel=_HAVE_CEL)
         # the API server's defaults and pydantic's agree on the example too
         assert stored["spec"] == job.model_dump(by_alias=True, exclude_none=True, mode="json")["spec"]
+
+
+def test_converter_refuses_what_a_crd_cannot_say():
+    """A field spec.py may grow later fails in `lipsync crd`, naming the problem."""
+    from typing import Any
+
+    from pydantic import BaseModel, Field
+
+    from lipsync.crd import _schema_for
+
+    class Free(BaseModel):
+        labels: dict[str, Any] = Field(default_factory=dict, examples=[{"team": "a"}])
+
+    labels = _schema_for(Free, nullable=False)["properties"]["labels"]
+    assert labels["x-kubernetes-preserve-unknown-fields"] is True and labels["default"] == {}
+    assert labels["example"] == {"team": "a"} and structural_errors(labels) == []
+
+    class Union(BaseModel):
+        size: int | str
+
+    with pytest.raises(ValueError, match="structural schema"):
+        _schema_for(Union, nullable=False)
+
+    class Tree(BaseModel):
+        children: list["Tree"] = []
+
+    with pytest.raises(ValueError, match="refers to itself"):
+        _schema_for(Tree, nullable=False)

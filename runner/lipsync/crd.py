@@ -109,20 +109,38 @@ def _options_help() -> str:
     return " Options by model (name=default): " + "; ".join(parts) + "."
 
 
+# What a CRD schema node may hold (apiextensions.k8s.io/v1 JSONSchemaProps, less the keywords a
+# structural schema forbids): anything else pydantic emits is refused by name, so a new kind of
+# field in spec.py fails here, not at `kubectl apply`.
+_ALLOWED_KEYS = frozenset({
+    "description", "type", "format", "nullable", "enum", "default", "minimum", "maximum",
+    "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength", "maxLength", "pattern",
+    "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties", "required",
+    "properties", "items", "additionalProperties", "example",
+    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-int-or-string",
+    "x-kubernetes-embedded-resource", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type", "x-kubernetes-validations",
+})
+
+
 class _Converter:
     def __init__(self, defs: dict[str, Any], models: dict[str, type[BaseModel]], *, nullable: bool) -> None:
         self.defs = defs
         self.models = models
         self.nullable = nullable
+        self._stack: list[str] = []
 
     def convert(self, node: dict[str, Any], def_name: str | None = None) -> dict[str, Any]:
         node = dict(node)
         if "$ref" in node:
             ref_name = node.pop("$ref").split("/")[-1]
+            if ref_name in self._stack:
+                raise ValueError(f"{ref_name} refers to itself: a structural schema cannot recurse")
+            self._stack.append(ref_name)
             target = self.convert(self.defs[ref_name], ref_name)
+            self._stack.pop()
             # Keys next to the $ref (the field's description, default) override the model's.
-            node.pop("title", None)
-            return {**target, **{k: v for k, v in self._convert_keys(node).items()}}
+            return {**target, **self._convert_keys(node)}
         any_of = node.pop("anyOf", None)
         if any_of is not None:
             others = [s for s in any_of if s.get("type") != "null"]
@@ -146,9 +164,9 @@ class _Converter:
                 if prop is not None and info.default_factory is not None and "default" not in prop:
                     prop["default"] = _factory_default(info)
         if def_name is not None:
-            out.setdefault("description", _FALLBACK_DESCRIPTIONS.get(def_name))
-            if out["description"] is None:
-                del out["description"]
+            description = out.get("description") or _FALLBACK_DESCRIPTIONS.get(def_name)
+            if description:
+                out["description"] = description
             if def_name in RULES:
                 out["x-kubernetes-validations"] = copy.deepcopy(RULES[def_name])
         return out
@@ -160,6 +178,9 @@ class _Converter:
                 continue
             if key == "const":
                 out["enum"] = [value]
+            elif key == "examples":
+                if value:
+                    out["example"] = value[0]
             elif key == "properties":
                 out["properties"] = {k: self.convert(v) for k, v in value.items()}
             elif key == "items":
@@ -167,11 +188,13 @@ class _Converter:
             elif key == "additionalProperties":
                 if isinstance(value, dict):
                     out["additionalProperties"] = self.convert(value)
-                # True: expressed as x-kubernetes-preserve-unknown-fields; False: pruning does it.
-            else:
+                elif value is True:  # a free-form map: keep whatever it holds
+                    out["x-kubernetes-preserve-unknown-fields"] = True
+                # False: pruning already drops unknown fields (and kubectl warns about them).
+            elif key in _ALLOWED_KEYS:
                 out[key] = value
-        if out.get("x-kubernetes-preserve-unknown-fields"):
-            out.pop("additionalProperties", None)
+            else:
+                raise ValueError(f"JSON Schema keyword {key!r} has no place in a CRD schema ({node!r})")
         return out
 
 
