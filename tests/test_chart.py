@@ -208,6 +208,14 @@ def test_s3_secret_needs_its_keys_and_excludes_existing():
         render({"s3": {"createSecret": True, "existingSecret": "x", "accessKeyId": "a", "secretAccessKey": "b"}})
 
 
+def test_runner_service_account_can_be_brought():
+    docs = render({"runner": {"serviceAccount": {"create": False, "name": "renderer"}}})
+    assert env_of(docs)["LIPSYNC_RUNNER_SERVICE_ACCOUNT"] == "renderer"
+    assert [sa["metadata"]["name"] for sa in by_kind(docs, "ServiceAccount")] == [RELEASE]  # the operator's only
+    with pytest.raises(helm.HelmError, match="runner.serviceAccount.name is needed"):
+        render({"runner": {"serviceAccount": {"create": False}}})
+
+
 def test_runner_service_account_has_no_api_access():
     for values in ({}, CUSTOM_VALUES):
         docs = render(values)

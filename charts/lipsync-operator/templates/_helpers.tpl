@@ -42,6 +42,9 @@ app.kubernetes.io/part-of: lipsync
 {{- end }}
 
 {{- define "lipsync-operator.runnerServiceAccountName" -}}
+{{- if and (not .Values.runner.serviceAccount.create) (not .Values.runner.serviceAccount.name) }}
+{{- fail "runner.serviceAccount.name is needed when runner.serviceAccount.create is false: name the ServiceAccount that exists in each job namespace" }}
+{{- end }}
 {{- default (printf "%s-runner" (include "lipsync-operator.fullname" .) | trunc 63 | trimSuffix "-") .Values.runner.serviceAccount.name }}
 {{- end }}
 
