@@ -41,7 +41,8 @@ CUSTOM_VALUES: dict[str, Any] = {
         "cpu": "8",
         "memory": "32Gi",
         "progressInterval": 2.5,
-        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/lipsync"}},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/lipsync"},
+                           "imagePullSecrets": [{"name": "registry-creds"}]},
     },
     "s3": {"endpoint": "http://minio.minio:9000", "createSecret": True,
            "accessKeyId": "minio", "secretAccessKey": "minio-secret"},
@@ -224,6 +225,8 @@ def test_runner_service_account_has_no_api_access():
         expected = values.get("runner", {}).get("jobNamespaces") or [NAMESPACE]
         assert sorted(sa["metadata"]["namespace"] for sa in sas) == sorted(expected)
         assert all(sa["automountServiceAccountToken"] is False for sa in sas)
+        pull = values.get("runner", {}).get("serviceAccount", {}).get("imagePullSecrets")
+        assert all(sa.get("imagePullSecrets") == pull for sa in sas)
         for binding in by_kind(docs, "ClusterRoleBinding") + by_kind(docs, "RoleBinding"):
             assert runner_sa not in [s["name"] for s in binding["subjects"]]
 
