@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from k8s_helpers import KUBE_VERSION, ROOT, k8s_validate
+from .k8s_helpers import KUBE_VERSION, ROOT, k8s_validate
 from lipsync.crd import CRD_NAME, crd_yaml
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk renders the chart with real Helm")
@@ -149,7 +149,7 @@ def test_operator_pod_is_locked_down(name: str):
 
 def test_operator_runs_as_the_image_user():
     """The chart's UID is the Dockerfile's USER, so file permissions in the image hold."""
-    from test_dockerfile import final_user
+    from .test_dockerfile import final_user
 
     c = operator_container(render())
     assert str(c["securityContext"]["runAsUser"]) == final_user().split(":")[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from k8s_helpers import ROOT, admit, have_cel, k8s_validate, structural_errors, yaml_docs
+from .k8s_helpers import ROOT, admit, have_cel, k8s_validate, structural_errors, yaml_docs
 from lipsync.crd import CRD_NAME, RULES, crd_manifest, crd_yaml, openapi_schema
 from lipsync.errors import InvalidSpec
 from lipsync.spec import KIND, ModelSpec, load_jobs, parse_job
@@ -105,7 +105,7 @@ def test_defaults_match_pydantic():
 
 
 def _cel_agrees_with_pydantic(model: dict) -> tuple[bool, bool]:
-    from k8s_helpers import cel_eval, prune_nulls_and_default
+    from .k8s_helpers import cel_eval, prune_nulls_and_default
 
     schema = SCHEMA["properties"]["spec"]["properties"]["model"]
     value = prune_nulls_and_default(model, schema)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from k8s_helpers import ROOT, cel_eval, have_cel, k8s_validate, yaml_docs
+from .k8s_helpers import ROOT, cel_eval, have_cel, k8s_validate, yaml_docs
 from lipsync.spec import KIND, iter_job_files, load_jobs
 
 GITOPS = ROOT / "examples" / "gitops"
