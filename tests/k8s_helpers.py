@@ -19,9 +19,13 @@ import kubernetes_validate
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-# A current Kubernetes minor that kubernetes-validate ships strict schemas for. Bump it with the
-# package; CEL validation rules and their fieldPath/reason need >= 1.30.
-KUBE_VERSION = "1.35"
+# The Kubernetes minor to validate against: the newest this project was checked with (bump it
+# with kubernetes-validate), or the newest an older kubernetes-validate ships. The chart's
+# kubeVersion and the CRD's CEL rules (with fieldPath/reason) need >= 1.30.
+_CHECKED_WITH = "1.37"
+_latest = kubernetes_validate.utils.major_minor(kubernetes_validate.utils.latest_version())
+KUBE_VERSION = min(_CHECKED_WITH, _latest, key=lambda v: tuple(map(int, v.split("."))))
+assert tuple(map(int, KUBE_VERSION.split("."))) >= (1, 30), f"kubernetes-validate {_latest} is too old"
 
 _SCHEMA_KEYS = {
     "description", "type", "format", "nullable", "enum", "default", "minimum", "maximum",
