@@ -9,14 +9,15 @@
   non-nullable on purpose: the API server then *prunes* an explicit ``null`` before validation
   and defaulting, so ``weights: null`` reads as "absent" exactly as pydantic's ``None`` does, and
   the CEL rules below can test presence with ``has()`` (a kept null would make ``size()`` fail);
-* ``const`` becomes a one-value ``enum``; ``title`` and ``additionalProperties: false`` go (pruning
-  already drops unknown fields, and ``kubectl`` warns about them);
+* ``const`` becomes a one-value ``enum``; ``title`` and ``additionalProperties: false`` go (the API
+  server prunes unknown fields, and rejects them under kubectl's default strict field validation);
 * a ``default_factory`` field gets its default (pydantic's JSON Schema leaves it out): ``{}`` for
   ``model``, ``face``, ``timing`` (the API server then fills in the inner defaults, as pydantic
   does) and for ``options``;
 * ``x-kubernetes-validations`` (CEL) carry the cross-field rules of ``ModelSpec`` that can be
-  checked at admission. Per-model ``options`` (a free-form map) and URI syntax are checked by the
-  operator with pydantic, which reports ``InvalidSpec`` in the job's status.
+  checked at admission. Per-model ``options`` (a free-form map) and URI syntax are left to
+  pydantic: ``lipsync validate`` before applying, and the operator, which fails such a job with
+  reason ``InvalidSpec``.
 
 ``crd_yaml()`` is the deterministic YAML that ``lipsync crd`` prints and that
 ``crds/lipsyncjobs.lipsync.dev.yaml`` (and the Helm chart's copy) must equal.
@@ -190,7 +191,7 @@ class _Converter:
                     out["additionalProperties"] = self.convert(value)
                 elif value is True:  # a free-form map: keep whatever it holds
                     out["x-kubernetes-preserve-unknown-fields"] = True
-                # False: pruning already drops unknown fields (and kubectl warns about them).
+                # False: the API server prunes unknown fields (kubectl's strict validation refuses them).
             elif key in _ALLOWED_KEYS:
                 out[key] = value
             else:
