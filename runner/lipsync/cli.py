@@ -97,6 +97,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_crd(args: argparse.Namespace) -> int:
+    from .crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lipsync", description="Lip-sync rendering: LipSyncJob YAML in, video out.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -111,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check job files against the schema without running them")
     val.add_argument("files", nargs="+")
     val.set_defaults(func=cmd_validate)
+
+    crd = sub.add_parser("crd", help="print the LipSyncJob CustomResourceDefinition (generated from the schema)")
+    crd.set_defaults(func=cmd_crd)
 
     smp = sub.add_parser("sample", help="make the sample clip and speech used by examples/job.yaml")
     smp.add_argument("folder", nargs="?", default="sample")
