@@ -1,0 +1,174 @@
+"""A moto S3 server in a child process, for tests that need a real socket to break.
+
+A subprocess rather than moto's in-process decorators so that the code under test talks to a
+real HTTP endpoint with the real ``minio`` client, and so the server can be *killed* (SIGKILL, in
+the middle of a request) and started again on the same port.
+
+Usage, from any test module (``tests/`` is on sys.path under pytest's default import mode)::
+
+    from s3server import S3Server, s3_env
+
+    with S3Server(tmp_path, buckets=["lipsync"]) as server:
+        monkeypatch.setenv(...)  # or: for k, v in s3_env(server).items(): monkeypatch.setenv(k, v)
+        ...
+
+moto keeps its state in memory, so a restart loses every object and upload. The buckets named
+here are created inside the child *before* it starts listening, so a client retrying against a
+restarting server never sees a window where the port answers but the bucket is missing.
+
+``python tests/s3server.py PORT [--bucket NAME ...] [--auth]`` is the child's entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Callable
+
+ACCESS_KEY = "lipsync-test"
+SECRET_KEY = "lipsync-test-secret"
+_REQUEST_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours the lines of 3xx-5xx answers
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request as the server logged it (after answering it)."""
+
+    method: str
+    path: str  # with the query string, e.g. /bucket/key?partNumber=1&uploadId=...
+    status: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1, with its request log, that can be killed and restarted.
+
+    ``auth=True`` turns on moto's IAM checks from the first request; no IAM user exists, so every
+    request is refused as from an unknown access key (for the wrong-credentials case).
+    """
+
+    def __init__(self, workdir: Path, *, buckets: list[str] | tuple[str, ...] = ("lipsync",), auth: bool = False) -> None:
+        self.buckets = list(buckets)
+        self.auth = auth
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(workdir) / f"moto-{self.port}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the child and wait until it accepts connections (its buckets already exist)."""
+        cmd = [sys.executable, __file__, str(self.port), *(a for b in self.buckets for a in ("--bucket", b))]
+        if self.auth:
+            cmd.append("--auth")
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"moto exited with {self._proc.returncode}; see {self.log_path}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"moto did not listen on port {self.port} within {timeout} s; see {self.log_path}")
+
+    def kill(self) -> None:
+        """SIGKILL: connections in flight are cut, nothing is flushed, all state is lost."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait(timeout=10)
+        self._proc = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.kill()
+        time.sleep(down_for)
+        self.start()
+
+    def __enter__(self) -> "S3Server":
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.kill()
+
+    # ------------------------------------------------------------------ observation
+    def requests(self) -> list[Request]:
+        """Every request answered so far, across restarts, in order."""
+        if not self.log_path.exists():
+            return []
+        text = _ANSI.sub("", self.log_path.read_text(errors="replace"))
+        found = (_REQUEST_LINE.search(line) for line in text.splitlines())
+        return [Request(m["method"], m["path"], int(m["status"])) for m in found if m]
+
+    def wait_for(self, match: Callable[[Request], bool], timeout: float = 30.0) -> Request:
+        """Block until a request matching ``match`` has been answered (polls the log)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for r in self.requests():
+                if match(r):
+                    return r
+            time.sleep(0.005)
+        raise TimeoutError(f"no matching request within {timeout} s")
+
+    def kill_when(self, match: Callable[[Request], bool], *, down_for: float = 1.0) -> threading.Thread:
+        """In the background: once a request matches, kill the server, wait, start it again."""
+
+        def run() -> None:
+            self.wait_for(match)
+            self.restart(down_for=down_for)
+
+        thread = threading.Thread(target=run, name="moto-restarter", daemon=True)
+        thread.start()
+        return thread
+
+
+def s3_env(server: S3Server) -> dict[str, str]:
+    """The environment the runner reads to reach ``server`` (set it with monkeypatch.setenv)."""
+    return {
+        "AWS_ENDPOINT_URL": server.endpoint,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": "us-east-1",
+    }
+
+
+# ---------------------------------------------------------------------- the child process
+def _serve(port: int, buckets: list[str], auth: bool) -> None:
+    if auth:
+        os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # read by moto.settings at import
+    from moto.backends import get_backend
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.server import main
+
+    s3 = get_backend("s3")[DEFAULT_ACCOUNT_ID]["aws"]
+    for bucket in buckets:
+        s3.create_bucket(bucket, "us-east-1")
+    main(["-H", "127.0.0.1", "-p", str(port)])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("port", type=int)
+    parser.add_argument("--bucket", action="append", default=[])
+    parser.add_argument("--auth", action="store_true")
+    args = parser.parse_args()
+    _serve(args.port, args.bucket, args.auth)
