@@ -119,6 +119,16 @@ class S3Server:
         found = (_REQUEST_LINE.search(line) for line in text.splitlines())
         return [Request(m["method"], m["path"], int(m["status"])) for m in found if m]
 
+    def incarnations(self) -> list[list[Request]]:
+        """The requests each run of the server answered, one list per start."""
+        runs: list[list[Request]] = []
+        for line in _ANSI.sub("", self.log_path.read_text(errors="replace")).splitlines():
+            if "Running on http" in line:
+                runs.append([])
+            elif (m := _REQUEST_LINE.search(line)) and runs:
+                runs[-1].append(Request(m["method"], m["path"], int(m["status"])))
+        return runs
+
     def wait_for(self, match: Callable[[Request], bool], timeout: float = 30.0) -> Request:
         """Block until a request matching ``match`` has been answered (polls the log)."""
         deadline = time.monotonic() + timeout
@@ -129,12 +139,16 @@ class S3Server:
             time.sleep(0.005)
         raise TimeoutError(f"no matching request within {timeout} s")
 
-    def kill_when(self, match: Callable[[Request], bool], *, down_for: float = 1.0) -> threading.Thread:
-        """In the background: once a request matches, kill the server, wait, start it again."""
+    def kill_when(self, match: Callable[[Request], bool], *, down_for: float | None = None) -> threading.Thread:
+        """In the background: once a request matches, kill the server, and after ``down_for``
+        seconds start it again (``None``: it stays down)."""
 
         def run() -> None:
             self.wait_for(match)
-            self.restart(down_for=down_for)
+            if down_for is None:
+                self.kill()
+            else:
+                self.restart(down_for=down_for)
 
         thread = threading.Thread(target=run, name="moto-restarter", daemon=True)
         thread.start()

@@ -227,7 +227,9 @@ def _retry(uri: str, op: Callable[[], T]) -> T:
 
     Full jitter (a uniform draw up to the exponential ceiling) keeps many runners hitting a
     recovering MinIO from retrying in lockstep. The bound is on total time, not attempts, because
-    what matters to a waiting render is how long it waits.
+    what matters to a waiting render is how long it waits: the last attempt starts at the bound
+    and may overrun it by its own timeout. Each call of ``_retry`` (one step: an upload, a copy,
+    a download) has its own bound, which is how long one outage is tolerated.
     """
     budget = retry_seconds()
     start = time.monotonic()
@@ -240,12 +242,14 @@ def _retry(uri: str, op: Callable[[], T]) -> T:
             if (error := _permanent(exc, uri)) is not None:
                 raise error from exc
             elapsed = time.monotonic() - start
-            delay = random.uniform(0.0, min(_BACKOFF_CAP_S, _BACKOFF_FIRST_S * 2 ** (attempt - 1)))
-            if elapsed + delay > budget:
+            if elapsed >= budget:
                 raise StorageUnavailable(
                     f"{uri}: the store did not answer after {attempt} attempts in {elapsed:.0f} s "
                     f"(last: {_describe(exc)})"
                 ) from exc
+            # The last wait is cut short so that one more attempt lands on the bound.
+            ceiling = min(_BACKOFF_CAP_S, _BACKOFF_FIRST_S * 2 ** (attempt - 1))
+            delay = min(random.uniform(0.0, ceiling), budget - elapsed)
             log.warning("%s: %s; retry %d in %.1f s", uri, _describe(exc), attempt, delay)
         time.sleep(delay)
 
