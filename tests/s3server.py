@@ -30,10 +30,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Callable
+from typing import Self
 
 ACCESS_KEY = "lipsync-test"
 SECRET_KEY = "lipsync-test-secret"
@@ -63,7 +64,9 @@ class S3Server:
     request is refused as from an unknown access key (for the wrong-credentials case).
     """
 
-    def __init__(self, workdir: Path, *, buckets: list[str] | tuple[str, ...] = ("lipsync",), auth: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, buckets: list[str] | tuple[str, ...] = ("lipsync",), auth: bool = False
+    ) -> None:
         self.buckets = list(buckets)
         self.auth = auth
         self.port = free_port()
@@ -78,7 +81,9 @@ class S3Server:
         if self.auth:
             cmd.append("--auth")
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            self._proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -103,11 +108,13 @@ class S3Server:
         time.sleep(down_for)
         self.start()
 
-    def __enter__(self) -> "S3Server":
+    def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.kill()
 
     # ------------------------------------------------------------------ observation
@@ -139,7 +146,9 @@ class S3Server:
             time.sleep(0.005)
         raise TimeoutError(f"no matching request within {timeout} s")
 
-    def kill_when(self, match: Callable[[Request], bool], *, down_for: float | None = None) -> threading.Thread:
+    def kill_when(
+        self, match: Callable[[Request], bool], *, down_for: float | None = None
+    ) -> threading.Thread:
         """In the background: once a request matches, kill the server, and after ``down_for``
         seconds start it again (``None``: it stays down)."""
 
@@ -170,7 +179,7 @@ def _serve(port: int, buckets: list[str], auth: bool) -> None:
     if auth:
         os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # read by moto.settings at import
     from moto.backends import get_backend
-    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.models import DEFAULT_ACCOUNT_ID
     from moto.server import main
 
     s3 = get_backend("s3")[DEFAULT_ACCOUNT_ID]["aws"]

@@ -11,14 +11,16 @@ import hashlib
 import io
 import logging
 import os
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from s3server import ACCESS_KEY, SECRET_KEY, S3Server, s3_env
-
 from lipsync.errors import AccessDenied, InputNotFound, InputTooLarge, InvalidSpec, StorageUnavailable
 from lipsync.io import s3
+from s3server import ACCESS_KEY, SECRET_KEY, S3Server, s3_env
 
 BUCKET = "lipsync"
 MiB = 1024 * 1024
@@ -27,7 +29,7 @@ METADATA = {"job": "job-1", "uid": "6f1c2a", "model": "baseline", "video-sha256"
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
     with S3Server(tmp_path, buckets=[BUCKET]) as srv:
         for k, v in s3_env(srv).items():
             monkeypatch.setenv(k, v)
@@ -42,7 +44,9 @@ def upload(key: str, data: bytes) -> None:
 
 
 def keys(prefix: str = "") -> list[str]:
-    return sorted(o.object_name for o in s3.client_from_env().list_objects(BUCKET, prefix=prefix, recursive=True))
+    return sorted(
+        o.object_name for o in s3.client_from_env().list_objects(BUCKET, prefix=prefix, recursive=True)
+    )
 
 
 def gets_of(server: S3Server, key: str) -> int:
@@ -60,9 +64,9 @@ def sha256(path: Path) -> str:
 
 # ---------------------------------------------------------------------------- configuration
 def test_parse_s3_uri() -> None:
-    assert s3.parse_s3_uri("s3://b/a/b c?.mp4") == ("b", "a/b c?.mp4")
-    assert s3.parse_s3_uri("s3://b") == ("b", "")
-    for bad in ("https://b/k", "s3:///k"):
+    assert s3.parse_s3_uri("s3://bkt/a/b c?.mp4") == ("bkt", "a/b c?.mp4")
+    assert s3.parse_s3_uri("s3://bkt") == ("bkt", "")
+    for bad in ("https://b/k", "s3:///k", "s3://b/k", "s3://Bad_Bucket/k"):
         with pytest.raises(InvalidSpec):
             s3.parse_s3_uri(bad)
 
@@ -184,7 +188,7 @@ def test_put_survives_a_server_restart_mid_upload(
         uri = s3.S3Store(PREFIX).put("output.mp4", src, content_type="video/mp4", metadata=METADATA)
     restarter.join(timeout=30)
 
-    first, second = server.incarnations()
+    first, _ = server.incarnations()
     assert any("partNumber=" in r.path for r in first)
     assert not any(r.method == "POST" and "uploadId=" in r.path for r in first), "killed before completion"
     assert caplog.records, "the fault was retried, and said so"
@@ -210,10 +214,14 @@ def test_put_gives_up_after_the_bound_when_the_server_stays_down(
     assert f"{PREFIX}/output.mp4" in str(err.value) and "did not answer" in str(err.value)
     assert err.value.transient and err.value.exit_code == 75
     final = f"/{BUCKET}/renders/job-1/output.mp4"
-    assert not any(r.path.startswith(final) for r in server.requests()), "nothing was written to the final key"
+    assert not any(r.path.startswith(final) for r in server.requests()), (
+        "nothing was written to the final key"
+    )
 
 
-def test_wrong_credentials_fail_at_once_naming_the_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_credentials_fail_at_once_naming_the_bucket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with S3Server(tmp_path, buckets=[BUCKET], auth=True) as server:
         for k, v in s3_env(server).items():
             monkeypatch.setenv(k, v)
@@ -229,3 +237,48 @@ def test_wrong_credentials_fail_at_once_naming_the_bucket(tmp_path: Path, monkey
         assert SECRET_KEY not in str(err.value) and ACCESS_KEY not in str(err.value)
         gets = [r for r in server.requests() if r.method == "GET"]
         assert len(gets) == 1 and gets[0].status == 403, "one request, not retried"
+
+
+# ---------------------------------------------------------------------------- server errors
+class _Canned(BaseHTTPRequestHandler):
+    """Gives every GET the same answer, and counts them."""
+
+    answer: tuple[int, str, bytes]
+    seen = 0
+
+    def do_GET(self) -> None:
+        type(self).seen += 1
+        status, content_type, body = self.answer
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "status, content_type, body",
+    [
+        (503, "application/xml", b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>"),
+        (500, "application/xml", b"<Error><Code>InternalError</Code><Message>oops</Message></Error>"),
+        (502, "text/html", b"<html>Bad Gateway</html>"),  # a proxy in front of the store
+    ],
+)
+def test_server_errors_are_retried_until_the_bound(
+    status: int, content_type: str, body: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler: type[_Canned] = type("Answer", (_Canned,), {"answer": (status, content_type, body), "seen": 0})
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
+        monkeypatch.setenv(s3.RETRY_SECONDS_ENV, "2")
+        start = time.monotonic()
+        with pytest.raises(StorageUnavailable, match=f"s3://{BUCKET}/in/video.mp4: the store did not answer"):
+            s3.download(f"s3://{BUCKET}/in/video.mp4", tmp_path / "video.mp4")
+        assert 2 <= time.monotonic() - start < 4
+        assert handler.seen > 1, "retried"
+        httpd.shutdown()
+    assert not (tmp_path / "video.mp4").exists()

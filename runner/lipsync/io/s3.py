@@ -40,7 +40,7 @@ import urllib3
 from minio import Minio
 from minio.commonconfig import ComposeSource
 from minio.error import MinioException, S3Error, ServerError
-from minio.helpers import MAX_MULTIPART_COUNT, MIN_PART_SIZE
+from minio.helpers import MAX_MULTIPART_COUNT, MIN_PART_SIZE, check_bucket_name
 
 from ..errors import (
     AccessDenied,
@@ -100,7 +100,7 @@ class S3Config:
     ca_bundle: str | None = None
 
     @classmethod
-    def from_env(cls) -> "S3Config":
+    def from_env(cls) -> S3Config:
         url = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         endpoint, secure = _parse_endpoint(url) if url else (AWS_ENDPOINT, True)
         return cls(
@@ -172,9 +172,11 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     """
     if not uri.startswith("s3://"):
         raise InvalidSpec(f"{uri!r} is not an s3://bucket/key URI")
-    bucket, _, key = uri[len("s3://"):].partition("/")
-    if not bucket:
-        raise InvalidSpec(f"{uri!r} names no bucket: give s3://bucket/key")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    try:
+        check_bucket_name(bucket, strict=True)
+    except ValueError:
+        raise InvalidSpec(f"{uri!r} does not name a valid bucket: give s3://bucket/key") from None
     return bucket, key
 
 
@@ -350,7 +352,7 @@ def download_cached(uri: str, cache_dir: Path) -> Path:
 
 def _relative_key(prefix: str, key: str, uri_prefix: str) -> PurePosixPath:
     """A listed key relative to the prefix, refused if it could climb out of the destination."""
-    rel = PurePosixPath(key[len(prefix):])
+    rel = PurePosixPath(key[len(prefix) :])
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         raise LipSyncError(f"{uri_prefix}: refusing the key {key!r}, which leaves the destination folder")
     return rel
@@ -439,7 +441,9 @@ class S3Store:
         except ObjectNotFound:
             return None
         meta = "x-amz-meta-"
-        return {k.lower()[len(meta):]: v for k, v in (stat.metadata or {}).items() if k.lower().startswith(meta)}
+        return {
+            k.lower()[len(meta) :]: v for k, v in (stat.metadata or {}).items() if k.lower().startswith(meta)
+        }
 
     def put(self, name: str, src: Path, *, content_type: str, metadata: dict[str, str]) -> str:
         """Publish ``src`` as ``name``; return its URI. The final key holds the whole file or nothing.
@@ -457,13 +461,25 @@ class S3Store:
         # Never more parts than S3 allows, whatever the configured size.
         chunk = max(part_size(), -(-Path(src).stat().st_size // MAX_MULTIPART_COUNT))
         try:
-            _retry(uri, lambda: self._client.fput_object(
-                self.bucket, tmp, str(src), content_type=content_type, part_size=chunk,
-            ))
-            _retry(uri, lambda: self._client.compose_object(
-                self.bucket, key, [ComposeSource(self.bucket, tmp)],
-                metadata={"Content-Type": content_type, **metadata},
-            ))
+            _retry(
+                uri,
+                lambda: self._client.fput_object(
+                    self.bucket,
+                    tmp,
+                    str(src),
+                    content_type=content_type,
+                    part_size=chunk,
+                ),
+            )
+            _retry(
+                uri,
+                lambda: self._client.compose_object(
+                    self.bucket,
+                    key,
+                    [ComposeSource(self.bucket, tmp)],
+                    metadata={"Content-Type": content_type, **metadata},
+                ),
+            )
         except BaseException:
             self._discard(tmp, patient=False)
             raise
