@@ -166,6 +166,18 @@ def test_put_round_trip_multipart_with_metadata(server: S3Server, tmp_path: Path
     (tmp_path / "metrics.json").write_text('{"ok": true}')
     store.put("metrics.json", tmp_path / "metrics.json", content_type="application/json", metadata={})
     assert store.get("metrics.json") == b'{"ok": true}'
+    (tmp_path / "run.log").touch()
+    store.put("logs/run.log", tmp_path / "run.log", content_type="text/plain", metadata={})
+    assert store.get("logs/run.log") == b"" and store.head("logs/run.log") == {}
+    assert keys() == ["renders/job-1/logs/run.log", "renders/job-1/metrics.json", "renders/job-1/output.mp4"]
+
+
+def test_store_on_a_missing_bucket_says_so(server: S3Server) -> None:
+    store = s3.S3Store("s3://no-such-bucket/renders/job-1")
+    with pytest.raises(InputNotFound, match="bucket 'no-such-bucket'"):
+        store.head("metrics.json")
+    with pytest.raises(InputNotFound, match="bucket 'no-such-bucket'"):
+        store.get("metrics.json")
 
 
 def test_put_refuses_names_outside_the_prefix(server: S3Server, tmp_path: Path) -> None:

@@ -72,7 +72,6 @@ _CHUNK = 1024 * 1024
 _TMP_DIR = ".tmp"
 
 _DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
-_MISSING_CODES = frozenset({"NoSuchBucket", "NoSuchKey"})
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "XMinioServerNotInitialized"}
 )
@@ -380,8 +379,15 @@ def download_prefix(uri_prefix: str, dest_dir: Path) -> Path:
             if manifest.get(rel) == obj.etag and (dest_dir / rel).is_file():
                 continue
             manifest[rel] = _fetch(f"s3://{bucket}/{obj.object_name}", dest_dir / rel, None).etag
-            manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            _write_atomically(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
     return dest_dir
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A runner killed mid-write must not leave a manifest that the next one cannot parse."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------- the output store
@@ -403,6 +409,7 @@ class S3Store:
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self._client = client_from_env()
+        self._bucket_seen = False
 
     def _key(self, name: str) -> str:
         rel = PurePosixPath(name)
@@ -439,20 +446,32 @@ class S3Store:
         try:
             stat = _retry(uri, lambda: self._client.stat_object(self.bucket, key))
         except ObjectNotFound:
+            self._require_bucket()
             return None
         meta = "x-amz-meta-"
         return {
             k.lower()[len(meta) :]: v for k, v in (stat.metadata or {}).items() if k.lower().startswith(meta)
         }
 
+    def _require_bucket(self) -> None:
+        """A HEAD's 404 does not say whether the key or the bucket is missing. "Not rendered yet"
+        must not be the answer for a bucket that does not exist, or the render would run for an
+        hour and then fail to publish."""
+        if not self._bucket_seen:
+            if not _retry(self.uri, lambda: self._client.bucket_exists(self.bucket)):
+                raise InputNotFound(f"{self.uri}: bucket {self.bucket!r} does not exist")
+            self._bucket_seen = True
+
     def put(self, name: str, src: Path, *, content_type: str, metadata: dict[str, str]) -> str:
         """Publish ``src`` as ``name``; return its URI. The final key holds the whole file or nothing.
 
         The bytes go to a temporary key first (multipart when large; a lost connection restarts
-        that upload), then a server-side copy gives the final key its content type and metadata in
-        one step, then the temporary key is deleted. S3 has no rename, and a multipart upload to
-        the final key would not do: completing it is atomic, but the metadata must be right on the
-        first visible version, and an abandoned retry must not leave a stranger's object there.
+        that upload), then one server-side copy writes the final key with its content type and
+        metadata, then the temporary key is deleted. S3 has no rename; the temporary key is what
+        keeps every slow, failure-prone step (the upload, its retries, an upload abandoned by a
+        killed pod) away from the final key, which only ever receives a complete object in a
+        single request. Stale temporary keys (a pod killed between upload and delete) are under
+        ``<prefix>/.tmp/``, for a bucket lifecycle rule to expire.
         """
         _check_metadata(metadata)
         key = self._key(name)
