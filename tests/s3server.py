@@ -6,11 +6,19 @@ the middle of a request) and started again on the same port.
 
 Usage, from any test module (``tests/`` is on sys.path under pytest's default import mode)::
 
-    from s3server import S3Server, s3_env
+    import s3server
 
-    with S3Server(tmp_path, buckets=["lipsync"]) as server:
-        monkeypatch.setenv(...)  # or: for k, v in s3_env(server).items(): monkeypatch.setenv(k, v)
+    @pytest.fixture
+    def s3_server(tmp_path, monkeypatch):  # bucket "lipsync", the environment pointing at it
+        yield from s3server.running(tmp_path, monkeypatch)
+
+    def test_job_on_s3(s3_server, tmp_path):
+        s3_server.requests()  # what the server answered, e.g. to count GETs
         ...
+
+or, for other buckets or moto's auth checks, ``with S3Server(tmp_path, buckets=[...]) as server``
+plus ``monkeypatch.setenv`` of each item of ``s3_env(server)``. The runner in a subprocess (the
+CLI) inherits that environment.
 
 moto keeps its state in memory, so a restart loses every object and upload. The buckets named
 here are created inside the child *before* it starts listening, so a client retrying against a
@@ -30,12 +38,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import pytest
+
+BUCKET = "lipsync"
 ACCESS_KEY = "lipsync-test"
 SECRET_KEY = "lipsync-test-secret"
 _REQUEST_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
@@ -165,13 +176,27 @@ class S3Server:
 
 
 def s3_env(server: S3Server) -> dict[str, str]:
-    """The environment the runner reads to reach ``server`` (set it with monkeypatch.setenv)."""
+    """The environment the runner reads to reach ``server`` (set it with monkeypatch.setenv): a
+    short retry bound, so a test of an outage takes seconds, and S3's smallest part size, so
+    files from 5 MiB up are uploaded in parts."""
     return {
-        "AWS_ENDPOINT_URL": server.endpoint,
+        "AWS_ENDPOINT_URL_S3": server.endpoint,
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_REGION": "us-east-1",
+        "LIPSYNC_S3_RETRY_SECONDS": "5",
+        "LIPSYNC_S3_PART_SIZE": str(5 * 1024 * 1024),
     }
+
+
+def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """The body of an ``s3_server`` fixture: a fresh server holding the empty bucket ``lipsync``,
+    and the environment pointing at it. (A plain generator, not a fixture, so that test modules
+    can wrap it without plugin registration or import-shadowing tricks.)"""
+    with S3Server(tmp_path, buckets=[BUCKET]) as server:
+        for name, value in s3_env(server).items():
+            monkeypatch.setenv(name, value)
+        yield server
 
 
 # ---------------------------------------------------------------------- the child process

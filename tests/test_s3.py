@@ -20,23 +20,16 @@ from pathlib import Path
 import pytest
 from lipsync.errors import AccessDenied, InputNotFound, InputTooLarge, InvalidSpec, StorageUnavailable
 from lipsync.io import s3
-from s3server import ACCESS_KEY, SECRET_KEY, S3Server, s3_env
+from s3server import ACCESS_KEY, BUCKET, SECRET_KEY, S3Server, running, s3_env
 
-BUCKET = "lipsync"
 MiB = 1024 * 1024
 PREFIX = f"s3://{BUCKET}/renders/job-1"
 METADATA = {"job": "job-1", "uid": "6f1c2a", "model": "baseline", "video-sha256": "ab" * 32}
 
 
 @pytest.fixture
-def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
-    with S3Server(tmp_path, buckets=[BUCKET]) as srv:
-        for k, v in s3_env(srv).items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-        monkeypatch.setenv(s3.RETRY_SECONDS_ENV, "5")
-        monkeypatch.setenv(s3.PART_SIZE_ENV, str(5 * MiB))  # S3's minimum: multipart from 5 MiB up
-        yield srv
+def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    yield from running(tmp_path, monkeypatch)
 
 
 def upload(key: str, data: bytes) -> None:
@@ -49,8 +42,8 @@ def keys(prefix: str = "") -> list[str]:
     )
 
 
-def gets_of(server: S3Server, key: str) -> int:
-    return sum(1 for r in server.requests() if r.method == "GET" and r.path == f"/{BUCKET}/{key}")
+def gets_of(s3_server: S3Server, key: str) -> int:
+    return sum(1 for r in s3_server.requests() if r.method == "GET" and r.path == f"/{BUCKET}/{key}")
 
 
 def big_file(path: Path, size: int) -> Path:
@@ -88,7 +81,7 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # ---------------------------------------------------------------------------- downloads
-def test_download_checksum_and_atomic_rename(server: S3Server, tmp_path: Path) -> None:
+def test_download_checksum_and_atomic_rename(s3_server: S3Server, tmp_path: Path) -> None:
     upload("in/hello.txt", b"hello")
     dest = tmp_path / "inputs" / "hello.txt"
     digest = s3.download(f"s3://{BUCKET}/in/hello.txt", dest)
@@ -97,42 +90,42 @@ def test_download_checksum_and_atomic_rename(server: S3Server, tmp_path: Path) -
     assert [p.name for p in dest.parent.iterdir()] == ["hello.txt"], "no temporary file left"
 
 
-def test_download_size_limit(server: S3Server, tmp_path: Path) -> None:
+def test_download_size_limit(s3_server: S3Server, tmp_path: Path) -> None:
     upload("in/video.mp4", b"x" * 1000)
     dest = tmp_path / "video.mp4"
     with pytest.raises(InputTooLarge, match="in/video.mp4.*999"):
         s3.download(f"s3://{BUCKET}/in/video.mp4", dest, max_bytes=999)
-    assert list(tmp_path.iterdir()) == [server.log_path], "neither the file nor a partial one"
+    assert list(tmp_path.iterdir()) == [s3_server.log_path], "neither the file nor a partial one"
     assert s3.download(f"s3://{BUCKET}/in/video.mp4", dest, max_bytes=1000)
 
 
-def test_missing_key_and_bucket_fail_at_once(server: S3Server, tmp_path: Path) -> None:
-    server.requests()  # the log exists
+def test_missing_key_and_bucket_fail_at_once(s3_server: S3Server, tmp_path: Path) -> None:
+    s3_server.requests()  # the log exists
     start = time.monotonic()
     with pytest.raises(InputNotFound, match=f"s3://{BUCKET}/in/nothing.mp4"):
         s3.download(f"s3://{BUCKET}/in/nothing.mp4", tmp_path / "x")
     with pytest.raises(InputNotFound, match="bucket 'no-such-bucket'"):
         s3.download("s3://no-such-bucket/in/video.mp4", tmp_path / "x")
     assert time.monotonic() - start < 2
-    assert len(server.requests()) == 2, "no retries"
+    assert len(s3_server.requests()) == 2, "no retries"
     assert not (tmp_path / "x").exists()
 
 
-def test_download_cached_fetches_each_etag_once(server: S3Server, tmp_path: Path) -> None:
+def test_download_cached_fetches_each_etag_once(s3_server: S3Server, tmp_path: Path) -> None:
     uri = f"s3://{BUCKET}/weights/wav2lip.pth"
     upload("weights/wav2lip.pth", b"v1" * 1000)
     first = s3.download_cached(uri, tmp_path / "cache")
     second = s3.download_cached(uri, tmp_path / "cache")
     assert first == second and first.read_bytes() == b"v1" * 1000
-    assert gets_of(server, "weights/wav2lip.pth") == 1, "the second call is answered from the cache"
+    assert gets_of(s3_server, "weights/wav2lip.pth") == 1, "the second call is answered from the cache"
 
     upload("weights/wav2lip.pth", b"v2" * 1000)  # new weights, new ETag
     third = s3.download_cached(uri, tmp_path / "cache")
     assert third != first and third.read_bytes() == b"v2" * 1000
-    assert gets_of(server, "weights/wav2lip.pth") == 2
+    assert gets_of(s3_server, "weights/wav2lip.pth") == 2
 
 
-def test_download_prefix_keeps_layout_and_skips_unchanged(server: S3Server, tmp_path: Path) -> None:
+def test_download_prefix_keeps_layout_and_skips_unchanged(s3_server: S3Server, tmp_path: Path) -> None:
     upload("weights/latentsync/unet.pt", b"unet")
     upload("weights/latentsync/whisper/tiny.pt", b"whisper")
     dest = s3.download_prefix(f"s3://{BUCKET}/weights/latentsync/", tmp_path / "ls")
@@ -142,21 +135,21 @@ def test_download_prefix_keeps_layout_and_skips_unchanged(server: S3Server, tmp_
     upload("weights/latentsync/unet.pt", b"unet-2")
     s3.download_prefix(f"s3://{BUCKET}/weights/latentsync", tmp_path / "ls")
     assert (dest / "unet.pt").read_bytes() == b"unet-2"
-    assert gets_of(server, "weights/latentsync/whisper/tiny.pt") == 1, "unchanged files are kept"
+    assert gets_of(s3_server, "weights/latentsync/whisper/tiny.pt") == 1, "unchanged files are kept"
 
     with pytest.raises(InputNotFound, match="no objects"):
         s3.download_prefix(f"s3://{BUCKET}/weights/nothing", tmp_path / "none")
 
 
 # ---------------------------------------------------------------------------- the output store
-def test_put_round_trip_multipart_with_metadata(server: S3Server, tmp_path: Path) -> None:
+def test_put_round_trip_multipart_with_metadata(s3_server: S3Server, tmp_path: Path) -> None:
     store = s3.S3Store(PREFIX + "/")
     assert store.uri == PREFIX
     assert store.head("output.mp4") is None and store.get("output.mp4") is None
 
     src = big_file(tmp_path / "output.mp4", 12 * MiB)
     assert store.put("output.mp4", src, content_type="video/mp4", metadata=METADATA) == f"{PREFIX}/output.mp4"
-    assert any("partNumber=3" in r.path for r in server.requests()), "uploaded in parts"
+    assert any("partNumber=3" in r.path for r in s3_server.requests()), "uploaded in parts"
 
     assert store.head("output.mp4") == METADATA
     assert s3.client_from_env().stat_object(BUCKET, "renders/job-1/output.mp4").content_type == "video/mp4"
@@ -172,7 +165,7 @@ def test_put_round_trip_multipart_with_metadata(server: S3Server, tmp_path: Path
     assert keys() == ["renders/job-1/logs/run.log", "renders/job-1/metrics.json", "renders/job-1/output.mp4"]
 
 
-def test_store_on_a_missing_bucket_says_so(server: S3Server) -> None:
+def test_store_on_a_missing_bucket_says_so(s3_server: S3Server) -> None:
     store = s3.S3Store("s3://no-such-bucket/renders/job-1")
     with pytest.raises(InputNotFound, match="bucket 'no-such-bucket'"):
         store.head("metrics.json")
@@ -180,7 +173,7 @@ def test_store_on_a_missing_bucket_says_so(server: S3Server) -> None:
         store.get("metrics.json")
 
 
-def test_put_refuses_names_outside_the_prefix(server: S3Server, tmp_path: Path) -> None:
+def test_put_refuses_names_outside_the_prefix(s3_server: S3Server, tmp_path: Path) -> None:
     store = s3.S3Store(PREFIX)
     for bad in ("../other/output.mp4", "/output.mp4", ".tmp/x", ""):
         with pytest.raises(ValueError):
@@ -190,17 +183,17 @@ def test_put_refuses_names_outside_the_prefix(server: S3Server, tmp_path: Path) 
 
 
 def test_put_survives_a_server_restart_mid_upload(
-    server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv(s3.RETRY_SECONDS_ENV, "60")
     src = big_file(tmp_path / "output.mp4", 40 * MiB)  # 8 parts
-    restarter = server.kill_when(lambda r: "partNumber=" in r.path, down_for=1.0)
+    restarter = s3_server.kill_when(lambda r: "partNumber=" in r.path, down_for=1.0)
 
     with caplog.at_level(logging.WARNING, logger="lipsync.io.s3"):
         uri = s3.S3Store(PREFIX).put("output.mp4", src, content_type="video/mp4", metadata=METADATA)
     restarter.join(timeout=30)
 
-    first, _ = server.incarnations()
+    first, _ = s3_server.incarnations()
     assert any("partNumber=" in r.path for r in first)
     assert not any(r.method == "POST" and "uploadId=" in r.path for r in first), "killed before completion"
     assert caplog.records, "the fault was retried, and said so"
@@ -212,11 +205,11 @@ def test_put_survives_a_server_restart_mid_upload(
 
 
 def test_put_gives_up_after_the_bound_when_the_server_stays_down(
-    server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(s3.RETRY_SECONDS_ENV, "3")
     src = big_file(tmp_path / "output.mp4", 20 * MiB)
-    server.kill_when(lambda r: "partNumber=" in r.path)
+    s3_server.kill_when(lambda r: "partNumber=" in r.path)
 
     start = time.monotonic()
     with pytest.raises(StorageUnavailable) as err:
@@ -226,7 +219,7 @@ def test_put_gives_up_after_the_bound_when_the_server_stays_down(
     assert f"{PREFIX}/output.mp4" in str(err.value) and "did not answer" in str(err.value)
     assert err.value.transient and err.value.exit_code == 75
     final = f"/{BUCKET}/renders/job-1/output.mp4"
-    assert not any(r.path.startswith(final) for r in server.requests()), (
+    assert not any(r.path.startswith(final) for r in s3_server.requests()), (
         "nothing was written to the final key"
     )
 
@@ -285,7 +278,7 @@ def test_server_errors_are_retried_until_the_bound(
     handler: type[_Canned] = type("Answer", (_Canned,), {"answer": (status, content_type, body), "seen": 0})
     with ThreadingHTTPServer(("127.0.0.1", 0), handler) as httpd:
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{httpd.server_address[1]}")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{httpd.server_address[1]}")
         monkeypatch.setenv(s3.RETRY_SECONDS_ENV, "2")
         start = time.monotonic()
         with pytest.raises(StorageUnavailable, match=f"s3://{BUCKET}/in/video.mp4: the store did not answer"):
