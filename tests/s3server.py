@@ -30,6 +30,7 @@ restarting server never sees a window where the port answers but the bucket is m
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import signal
@@ -73,16 +74,26 @@ class S3Server:
 
     ``auth=True`` turns on moto's IAM checks from the first request; no IAM user exists, so every
     request is refused as from an unknown access key (for the wrong-credentials case).
+    ``tls=True`` serves https with a self-signed certificate for 127.0.0.1, written to
+    ``ca_path`` (what a cluster's private CA bundle would be).
     """
 
     def __init__(
-        self, workdir: Path, *, buckets: list[str] | tuple[str, ...] = ("lipsync",), auth: bool = False
+        self,
+        workdir: Path,
+        *,
+        buckets: list[str] | tuple[str, ...] = ("lipsync",),
+        auth: bool = False,
+        tls: bool = False,
     ) -> None:
         self.buckets = list(buckets)
         self.auth = auth
         self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.log_path = Path(workdir) / f"moto-{self.port}.log"
+        self.ca_path = Path(workdir) / f"moto-{self.port}.crt" if tls else None
+        if self.ca_path is not None:
+            _self_signed(self.ca_path, self.ca_path.with_suffix(".key"))
         self._proc: subprocess.Popen[bytes] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -91,6 +102,8 @@ class S3Server:
         cmd = [sys.executable, __file__, str(self.port), *(a for b in self.buckets for a in ("--bucket", b))]
         if self.auth:
             cmd.append("--auth")
+        if self.ca_path is not None:
+            cmd += ["--tls", str(self.ca_path), str(self.ca_path.with_suffix(".key"))]
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -199,8 +212,42 @@ def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Serve
         yield server
 
 
+def _self_signed(cert_path: Path, key_path: Path) -> None:
+    """A one-day certificate for 127.0.0.1, its own CA (cryptography comes with moto)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
 # ---------------------------------------------------------------------- the child process
-def _serve(port: int, buckets: list[str], auth: bool) -> None:
+def _serve(port: int, buckets: list[str], auth: bool, tls: list[str] | None) -> None:
     if auth:
         os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # read by moto.settings at import
     from moto.backends import get_backend
@@ -210,7 +257,7 @@ def _serve(port: int, buckets: list[str], auth: bool) -> None:
     s3 = get_backend("s3")[DEFAULT_ACCOUNT_ID]["aws"]
     for bucket in buckets:
         s3.create_bucket(bucket, "us-east-1")
-    main(["-H", "127.0.0.1", "-p", str(port)])
+    main(["-H", "127.0.0.1", "-p", str(port), *(["-c", tls[0], "-k", tls[1]] if tls else [])])
 
 
 if __name__ == "__main__":
@@ -218,5 +265,6 @@ if __name__ == "__main__":
     parser.add_argument("port", type=int)
     parser.add_argument("--bucket", action="append", default=[])
     parser.add_argument("--auth", action="store_true")
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
     args = parser.parse_args()
-    _serve(args.port, args.bucket, args.auth)
+    _serve(args.port, args.bucket, args.auth, args.tls)

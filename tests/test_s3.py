@@ -18,7 +18,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from lipsync.errors import AccessDenied, InputNotFound, InputTooLarge, InvalidSpec, StorageUnavailable
+from lipsync.errors import (
+    AccessDenied,
+    InputNotFound,
+    InputTooLarge,
+    InvalidSpec,
+    LipSyncError,
+    StorageUnavailable,
+)
 from lipsync.io import s3
 from s3server import ACCESS_KEY, BUCKET, SECRET_KEY, S3Server, running, s3_env
 
@@ -242,6 +249,24 @@ def test_wrong_credentials_fail_at_once_naming_the_bucket(
         assert SECRET_KEY not in str(err.value) and ACCESS_KEY not in str(err.value)
         gets = [r for r in server.requests() if r.method == "GET"]
         assert len(gets) == 1 and gets[0].status == 403, "one request, not retried"
+
+
+def test_tls_with_a_private_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with S3Server(tmp_path, buckets=[BUCKET], tls=True) as server:
+        for k, v in s3_env(server).items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(server.ca_path))
+        upload("in/hello.txt", b"hello")
+        assert (
+            s3.download(f"s3://{BUCKET}/in/hello.txt", tmp_path / "a") == hashlib.sha256(b"hello").hexdigest()
+        )
+
+        monkeypatch.delenv("AWS_CA_BUNDLE")  # trust only the public CAs: a configuration error
+        start = time.monotonic()
+        with pytest.raises(LipSyncError, match="not trusted.*AWS_CA_BUNDLE"):
+            s3.download(f"s3://{BUCKET}/in/hello.txt", tmp_path / "b")
+        assert time.monotonic() - start < 2, "not retried"
 
 
 # ---------------------------------------------------------------------------- server errors

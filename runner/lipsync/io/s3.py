@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import secrets
+import ssl
 import tempfile
 import threading
 import time
@@ -214,6 +215,13 @@ def _permanent(exc: Exception, uri: str) -> LipSyncError | None:
         return LipSyncError(f"{uri}: the store refused the request ({exc.code}: {exc.message})")
     if isinstance(exc, ServerError) and exc.status_code < 500:
         return LipSyncError(f"{uri}: the store answered HTTP {exc.status_code}")
+    if isinstance(exc, urllib3.exceptions.SSLError) and any(
+        isinstance(a, ssl.SSLCertVerificationError) for a in exc.args
+    ):
+        return LipSyncError(
+            f"{uri}: the store's TLS certificate is not trusted ({exc.args[0]}); if it is signed by a "
+            "private CA, point AWS_CA_BUNDLE at that CA's certificate"
+        )
     return None
 
 
