@@ -16,7 +16,7 @@ Usage, from any test module (``tests/`` is on sys.path under pytest's default im
         s3_server.requests()  # what the server answered, e.g. to count GETs
         ...
 
-or, for other buckets or moto's auth checks, ``with S3Server(tmp_path, buckets=[...]) as server``
+or, for other buckets, moto's auth checks or https, ``with S3Server(tmp_path, ...) as server``
 plus ``monkeypatch.setenv`` of each item of ``s3_env(server)``. The runner in a subprocess (the
 CLI) inherits that environment.
 
@@ -24,7 +24,8 @@ moto keeps its state in memory, so a restart loses every object and upload. The 
 here are created inside the child *before* it starts listening, so a client retrying against a
 restarting server never sees a window where the port answers but the bucket is missing.
 
-``python tests/s3server.py PORT [--bucket NAME ...] [--auth]`` is the child's entry point.
+``python tests/s3server.py PORT [--bucket NAME ...] [--auth] [--tls CERT KEY]`` is the child's
+entry point.
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ def keys(prefix: str = "") -> list[str]:
     )
 
 
-def gets_of(s3_server: S3Server, key: str) -> int:
-    return sum(1 for r in s3_server.requests() if r.method == "GET" and r.path == f"/{BUCKET}/{key}")
+def gets_of(server: S3Server, key: str) -> int:
+    return sum(1 for r in server.requests() if r.method == "GET" and r.path == f"/{BUCKET}/{key}")
 
 
 def big_file(path: Path, size: int) -> Path:
@@ -85,6 +85,11 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     minio = s3.S3Config.from_env()
     assert (minio.endpoint, minio.secure, minio.region) == ("minio.storage:9000", False, "eu-west-1")
     assert s3.client_from_env() is s3.client_from_env(), "one client per process"
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://user:pass-word@minio.storage/s3")
+    with pytest.raises(LipSyncError, match="no path") as err:
+        s3.client_from_env()
+    assert "pass-word" not in str(err.value)
 
 
 # ---------------------------------------------------------------------------- downloads
