@@ -31,11 +31,13 @@ entry point.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -187,6 +189,82 @@ class S3Server:
         thread = threading.Thread(target=run, name="moto-restarter", daemon=True)
         thread.start()
         return thread
+
+
+class FlakyProxy:
+    """A TCP proxy in front of the server that can reset one connection mid-transfer.
+
+    A network blip rather than a dead server: the server keeps its state, so a retry can find the
+    object (a download) or the bucket's other uploads (an upload) as they were.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream = ("127.0.0.1", upstream_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._armed: tuple[str, int] | None = None
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self.cuts = 0
+        threading.Thread(target=self._accept, name="flaky-proxy", daemon=True).start()
+
+    def cut_after(self, nbytes: int, *, direction: str) -> None:
+        """Reset the first connection that carries more than ``nbytes`` ``"up"`` (to the server)
+        or ``"down"`` (to the client) from now on; later connections pass untouched."""
+        with self._lock:
+            self._armed = (direction, nbytes)
+
+    def close(self) -> None:
+        self._listener.close()
+        with self._lock:
+            for sock in self._open:
+                sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(self._upstream)
+            with self._lock:
+                self._open |= {client, upstream}
+            for src, dst, direction in ((client, upstream, "up"), (upstream, client, "down")):
+                threading.Thread(target=self._pump, args=(src, dst, direction, client), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, direction: str, client: socket.socket) -> None:
+        carried = 0
+        try:
+            while data := src.recv(65536):
+                carried += len(data)
+                if self._should_cut(direction, carried):
+                    # SO_LINGER 0: the client gets a RST, as from a dropped NAT entry or a dead peer.
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            # shutdown, not just close: it wakes the other pump, blocked in recv on the same socket.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _should_cut(self, direction: str, carried: int) -> bool:
+        with self._lock:
+            if self._armed is None or self._armed[0] != direction or carried <= self._armed[1]:
+                return False
+            self._armed = None
+            self.cuts += 1
+            return True
 
 
 def s3_env(server: S3Server) -> dict[str, str]:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import boto3
 import pytest
 from lipsync.errors import (
     AccessDenied,
@@ -27,7 +28,7 @@ from lipsync.errors import (
     StorageUnavailable,
 )
 from lipsync.io import s3
-from s3server import ACCESS_KEY, BUCKET, SECRET_KEY, S3Server, running, s3_env
+from s3server import ACCESS_KEY, BUCKET, SECRET_KEY, FlakyProxy, S3Server, running, s3_env
 
 MiB = 1024 * 1024
 PREFIX = f"s3://{BUCKET}/renders/job-1"
@@ -51,6 +52,18 @@ def keys(prefix: str = "") -> list[str]:
 
 def gets_of(server: S3Server, key: str) -> int:
     return sum(1 for r in server.requests() if r.method == "GET" and r.path == f"/{BUCKET}/{key}")
+
+
+def pending_uploads(server: S3Server) -> list[str]:
+    """Multipart uploads begun and neither completed nor aborted (minio lists them only privately)."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=server.endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+    )
+    return [u["Key"] for u in client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])]
 
 
 def big_file(path: Path, size: int) -> Path:
@@ -214,6 +227,37 @@ def test_put_survives_a_server_restart_mid_upload(
     assert s3.download(uri, tmp_path / "back.mp4") == sha256(src)
     assert s3.S3Store(PREFIX).head("output.mp4") == METADATA
     assert keys() == ["renders/job-1/output.mp4"], "no temporary keys remain"
+
+
+def test_download_survives_a_connection_reset_mid_stream(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = os.urandom(12 * MiB)
+    upload("in/video.mp4", data)
+    with FlakyProxy(s3_server.port) as proxy, caplog.at_level(logging.WARNING, logger="lipsync.io.s3"):
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        proxy.cut_after(4 * MiB, direction="down")
+        digest = s3.download(f"s3://{BUCKET}/in/video.mp4", tmp_path / "in" / "video.mp4")
+    assert proxy.cuts == 1 and len(caplog.records) == 1
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "in" / "video.mp4").read_bytes() == data
+    assert [p.name for p in (tmp_path / "in").iterdir()] == ["video.mp4"], "no partial file left"
+
+
+def test_put_survives_a_connection_reset_mid_upload(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = big_file(tmp_path / "output.mp4", 12 * MiB)
+    with FlakyProxy(s3_server.port) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        proxy.cut_after(2 * MiB, direction="up")
+        uri = s3.S3Store(PREFIX).put("output.mp4", src, content_type="video/mp4", metadata=METADATA)
+    assert proxy.cuts == 1
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint)
+    assert s3.download(uri, tmp_path / "back.mp4") == sha256(src)
+    assert s3.S3Store(PREFIX).head("output.mp4") == METADATA
+    assert keys() == ["renders/job-1/output.mp4"], "no temporary keys remain"
+    assert not pending_uploads(s3_server), "the broken multipart upload was aborted"
 
 
 def test_put_gives_up_after_the_bound_when_the_server_stays_down(
