@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -150,6 +151,16 @@ def test_download_cached_fetches_each_etag_once(s3_server: S3Server, tmp_path: P
     assert gets_of(s3_server, "weights/wav2lip.pth") == 2
 
 
+def test_download_cached_by_two_jobs_at_once_fetches_once(s3_server: S3Server, tmp_path: Path) -> None:
+    upload("weights/big.pth", os.urandom(8 * MiB))
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(
+            pool.map(lambda _: s3.download_cached(f"s3://{BUCKET}/weights/big.pth", tmp_path), range(2))
+        )
+    assert paths[0] == paths[1]
+    assert gets_of(s3_server, "weights/big.pth") == 1
+
+
 def test_download_prefix_keeps_layout_and_skips_unchanged(s3_server: S3Server, tmp_path: Path) -> None:
     upload("weights/latentsync/unet.pt", b"unet")
     upload("weights/latentsync/whisper/tiny.pt", b"whisper")
@@ -227,6 +238,7 @@ def test_put_survives_a_server_restart_mid_upload(
     assert s3.download(uri, tmp_path / "back.mp4") == sha256(src)
     assert s3.S3Store(PREFIX).head("output.mp4") == METADATA
     assert keys() == ["renders/job-1/output.mp4"], "no temporary keys remain"
+    assert not pending_uploads(s3_server)
 
 
 def test_download_survives_a_connection_reset_mid_stream(
