@@ -14,6 +14,12 @@ Why this module looks the way it does:
 * **Nothing is half-visible.** Downloads go to a temporary file that is renamed when complete;
   uploads go to a temporary key and are server-side copied to the final key with their metadata,
   so a reader of the final key sees either nothing or the whole, final object.
+
+Environment: ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (``http(s)://host[:port]``; none:
+AWS), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``
+(or ``AWS_DEFAULT_REGION``; default us-east-1), ``AWS_CA_BUNDLE`` (a private CA for https),
+``LIPSYNC_S3_RETRY_SECONDS`` (default 120), ``LIPSYNC_S3_PART_SIZE`` (bytes, default 16 MiB,
+at least 5 MiB).
 """
 
 from __future__ import annotations
