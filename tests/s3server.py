@@ -4,9 +4,9 @@ A subprocess rather than moto's in-process decorators so that the code under tes
 real HTTP endpoint with the real ``minio`` client, and so the server can be *killed* (SIGKILL, in
 the middle of a request) and started again on the same port.
 
-Usage, from any test module (``tests/`` is on sys.path under pytest's default import mode)::
+Usage, from any test module ::
 
-    import s3server
+    from . import s3server
 
     @pytest.fixture
     def s3_server(tmp_path, monkeypatch):  # bucket "lipsync", the environment pointing at it

@@ -29,7 +29,7 @@ from lipsync.errors import (
     StorageUnavailable,
 )
 from lipsync.io import s3
-from s3server import ACCESS_KEY, BUCKET, SECRET_KEY, FlakyProxy, S3Server, running, s3_env
+from .s3server import ACCESS_KEY, BUCKET, SECRET_KEY, FlakyProxy, S3Server, running, s3_env
 
 MiB = 1024 * 1024
 PREFIX = f"s3://{BUCKET}/renders/job-1"

@@ -1,0 +1,88 @@
+"""A whole job on S3: s3:// inputs, s3:// output, the real CLI and minio client against moto."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lipsync.errors import REASONS
+from lipsync.io import s3
+
+from . import s3server
+from .media import clip, job_file, packet_md5, speech
+
+RUNNER = Path(__file__).resolve().parents[1] / "runner"
+
+
+@pytest.fixture
+def s3_server(tmp_path, monkeypatch):
+    yield from s3server.running(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def inputs(s3_server, tmp_path) -> dict[str, Path]:
+    local = {"video": clip(tmp_path / "face.mp4", seconds=1.0),
+             "audio": speech(tmp_path / "speech.m4a", "-c:a", "aac", text="Hello from the bucket.")}
+    client = s3.client_from_env()
+    for name, path in local.items():
+        client.fput_object(s3server.BUCKET, f"inputs/{path.name}", str(path))
+    return local
+
+
+def run(tmp_path: Path, name: str, **extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    result = tmp_path / f"{name}-result.json"
+    path = job_file(tmp_path, name=name, video="s3://lipsync/inputs/face.mp4", audio="s3://lipsync/inputs/speech.m4a",
+                    output={"uri": "s3://lipsync/renders/promo", "preset": "ultrafast"})
+    env = {**os.environ, "PYTHONPATH": str(RUNNER), "LIPSYNC_RESULT_FILE": str(result), **extra}
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "run", str(path), "--log-format", "json"],
+                          capture_output=True, text=True, env=env, timeout=180)
+    return proc, json.loads(result.read_text())
+
+
+def keys(prefix: str) -> list[str]:
+    return sorted(o.object_name for o in s3.client_from_env().list_objects(s3server.BUCKET, prefix, recursive=True))
+
+
+def test_job_round_trip_on_s3(s3_server, inputs, tmp_path):
+    proc, result = run(tmp_path, "promo")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert result["phase"] == "Succeeded"
+    assert result["artifacts"] == {
+        "video": "s3://lipsync/renders/promo/output.mp4", "preview": "s3://lipsync/renders/promo/preview.jpg",
+        "log": "s3://lipsync/renders/promo/run.log", "metrics": "s3://lipsync/renders/promo/metrics.json"}
+    assert keys("renders/") == [f"renders/promo/{n}" for n in ("metrics.json", "output.mp4", "preview.jpg", "run.log")]
+    out = tmp_path / "downloaded.mp4"
+    s3.download("s3://lipsync/renders/promo/output.mp4", out)
+    assert packet_md5(out) == packet_md5(inputs["audio"])  # the original speech, copied
+    meta = s3.S3Store("s3://lipsync/renders/promo").head("output.mp4")
+    assert meta is not None and meta["job"] == "promo" and meta["model"] == "baseline"
+    assert len(meta["sha256-video"]) == 64
+    assert "lipsync-test-secret" not in proc.stdout + proc.stderr  # credentials never logged
+
+    # The same job again: nothing is rendered or uploaded.
+    puts_before = [r for r in s3_server.requests() if r.method in ("PUT", "POST")]
+    proc, result = run(tmp_path, "promo")
+    assert proc.returncode == 0 and result["message"] == "unchanged"
+    assert [r for r in s3_server.requests() if r.method in ("PUT", "POST")] == puts_before
+
+    # Another job pointed at the same output is refused; the render stays as it was.
+    proc, result = run(tmp_path, "other-job")
+    assert proc.returncode == REASONS["OutputExists"].exit_code
+    assert result["reason"] == "OutputExists" and "job 'promo'" in result["message"]
+    assert s3.S3Store("s3://lipsync/renders/promo").head("output.mp4")["job"] == "promo"
+
+
+def test_missing_input_key(s3_server, inputs, tmp_path):
+    path = job_file(tmp_path, video="s3://lipsync/inputs/nope.mp4", audio="s3://lipsync/inputs/speech.m4a",
+                    output={"uri": "s3://lipsync/renders/x"})
+    env = {**os.environ, "PYTHONPATH": str(RUNNER)}
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "run", str(path), "--log-format", "json"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == REASONS["InputNotFound"].exit_code
+    assert "s3://lipsync/inputs/nope.mp4" in proc.stdout
+    assert keys("renders/") == []
