@@ -3,6 +3,7 @@ and the LatentSync preset's command line (LatentSync itself is not installed her
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from fractions import Fraction
@@ -22,7 +23,8 @@ from lipsync.video.track import detect_faces
 
 from .media import clip, frames, job_file, packet_md5, psnr, reencode, speech, stream
 
-TOOL = Path(__file__).parent / "tools" / "mouth_envelope.py"
+TOOLS = Path(__file__).parent / "tools"
+TOOL = TOOLS / "mouth_envelope.py"
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +134,10 @@ def latentsync_home(tmp_path, monkeypatch) -> Path:
     """A stand-in checkout: the files the preset looks for, no model."""
     home = tmp_path / "LatentSync"
     (home / "scripts").mkdir(parents=True)
-    (home / "scripts" / "inference.py").write_text("")
+    shutil.copy(TOOLS / "fake_latentsync_inference.py", home / "scripts" / "inference.py")
     (home / "configs" / "unet").mkdir(parents=True)
+    for config in ("stage2.yaml", "stage2_512.yaml"):
+        (home / "configs" / "unet" / config).write_text("data: {resolution: 256}\n")
     (home / "checkpoints" / "auxiliary").mkdir(parents=True)
     monkeypatch.setenv("LATENTSYNC_HOME", str(home))
     monkeypatch.delenv("LATENTSYNC_PYTHON", raising=False)
@@ -205,3 +209,23 @@ def test_latentsync_weights_are_checked_up_front(latentsync_home, weights):
         latentsync(weights)
     with pytest.raises(InvalidWeights, match="must be a folder"):
         latentsync(weights / "latentsync_unet.pt")
+
+
+def test_latentsync_preset_end_to_end_at_another_frame_rate(latentsync_home, weights, tmp_path, monkeypatch, media):
+    """Through the stand-in checkout: a 30 fps video goes to LatentSync, which answers at 25 fps
+    with two extra frames; the runner converts back and drops the surplus."""
+    monkeypatch.setenv("LATENTSYNC_PYTHON", sys.executable)
+    video = clip(tmp_path / "thirty.mp4", seconds=2.0, fps=30.0)
+    job = load_jobs(job_file(tmp_path, video=str(video), audio=str(media / "speech.m4a"), timing={"follow": "video"},
+                             model={"name": "latentsync", "weights": str(weights)}))[0]
+    result = run_job(job, base_dir=tmp_path)
+    out = Path(result.artifacts["video"])
+    s = stream(out, "video")
+    assert (int(s["nb_frames"]), Fraction(s["r_frame_rate"])) == (60, 30)
+    got, ref = frames(out), frames(reencode(video, tmp_path / "ref.mp4"))
+    h, w = got.shape[1:3]
+    outside = np.ones((h, w), bool)
+    outside[int(0.25 * h):int(0.95 * h), int(0.3 * w):int(0.7 * w)] = False
+    assert psnr(got[:, outside], ref[:, outside]) >= 40.0
+    assert psnr(got, ref) < 40  # the mark on the mouth came back
+    assert "Input video path:" in (tmp_path / "out" / "run.log").read_text()
