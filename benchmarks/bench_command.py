@@ -84,7 +84,7 @@ def main() -> None:
     print(f"clip 1920x1080 @25 fps, {args.seconds:g} s ({metrics['output']['frames']} frames); "
           f"model: {args.passes} blur passes per pixel; CPU ({os.cpu_count()} cores)")
     print(f"  runner, {CROP} px crop, end to end   {crop_wall:7.1f} s   (stages: "
-          + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()) + ")")
+          + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items()) + f"; peak RSS {metrics['peak_rss_mb']:.0f} MiB)")
     print(f"  same command on the full frame      {full_wall:7.1f} s   (command + audio mux)")
     print(f"  ratio crop ÷ full frame             {crop_wall / full_wall:7.2f}   "
           f"(pixels handed to the model: {CROP * CROP / (1920 * 1080):.3f} of the frame)")

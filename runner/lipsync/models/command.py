@@ -151,7 +151,9 @@ def probe_clip(path: Path) -> ClipFacts:
     if not streams:
         raise ModelFailed(f"the model's output {path.name} has no video stream", stage="model")
     s = streams[0]
-    return ClipFacts(int(s["width"]), int(s["height"]), Fraction(s["r_frame_rate"]), int(s.get("nb_read_packets", 0)))
+    num, _, den = str(s.get("r_frame_rate", "0/1")).partition("/")
+    fps = Fraction(int(num), int(den)) if den and int(den) else Fraction(0)  # "0/0": no rate recorded
+    return ClipFacts(int(s.get("width", 0)), int(s.get("height", 0)), fps, int(s.get("nb_read_packets", 0)))
 
 
 def check_output(name: str, got: ClipFacts, job: ClipJob, fps: Fraction, extra_frames: int) -> None:
