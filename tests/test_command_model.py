@@ -151,6 +151,17 @@ def test_missing_program_is_model_failed(media, tmp_path):
     assert_nothing_published(tmp_path)
 
 
+def test_placeholders_are_replaced_inside_arguments_in_one_pass(tmp_path):
+    from lipsync.models.command import CommandModel
+    from lipsync.spec import CommandOptions
+
+    model = CommandModel.from_spec(["prog", "--in={video}", "{audio}", "-o", "{output}", "{other}"], CommandOptions())
+    odd = tmp_path / "{audio}"  # a folder whose name looks like a placeholder stays as it is
+    job = ClipJob(odd / "crop.mp4", odd / "speech.wav", odd / "synced.mp4", Fraction(25), 50, 256)
+    assert model.command(job) == ["prog", f"--in={odd}/crop.mp4", f"{odd}/speech.wav", "-o", f"{odd}/synced.mp4",
+                                  "{other}"]
+
+
 # ---------------------------------------------------------------------------- LatentSync preset
 @pytest.fixture
 def latentsync_home(tmp_path, monkeypatch) -> Path:

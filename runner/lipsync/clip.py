@@ -122,7 +122,8 @@ def _synced_frames(job: ClipJob) -> Iterator[np.ndarray]:
             for count, frame in enumerate(reader, 1):
                 yield frame
     except InvalidMedia as e:
-        raise ModelFailed(f"the model's output {job.output.name} cannot be decoded: {e.message}", stage="model") from None
+        raise ModelFailed(f"the model's output {job.output.name} cannot be decoded: {e.message}",
+                          stage="model") from None
     if count < job.frames:
         raise ModelFailed(f"the model's output {job.output.name} decoded to {count} frames, expected {job.frames}",
                           stage="model")

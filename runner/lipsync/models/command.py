@@ -13,6 +13,7 @@ entry point that forks ffmpeg, say), not just the first process.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -29,10 +30,10 @@ from ..errors import ModelFailed, ModelTimeout
 from ..spec import CommandOptions
 from .base import ClipJob
 
-PLACEHOLDERS = ("{video}", "{audio}", "{output}")
-TAIL_LINES = 20  # stderr lines quoted in a failure: enough for a Python traceback's end
-KILL_GRACE_S = 5.0
-FPS_TOLERANCE = Fraction(1, 1000)  # writers that store 29.97 for 30000/1001 are right enough  # SIGTERM first, so a GPU program can release the device; then SIGKILL
+PLACEHOLDER = re.compile(r"\{(video|audio|output)\}")  # one pass: a path holding "{audio}" stays as it is
+TAIL_LINES = 20  # output lines quoted in a failure: enough for a Python traceback's end
+KILL_GRACE_S = 5.0  # SIGTERM first, so a GPU program can release the device; then SIGKILL
+FPS_TOLERANCE = Fraction(1, 1000)  # writers that store 29.97 for 30000/1001 are right enough
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,8 @@ class CommandModel:
 
     def command(self, job: ClipJob) -> list[str]:
         """The argv for one job: each placeholder replaced inside any argument (``--in={video}``)."""
-        values = {"{video}": str(job.video), "{audio}": str(job.audio), "{output}": str(job.output)}
-        out = []
-        for arg in self.argv:
-            for key, value in values.items():
-                arg = arg.replace(key, value)
-            out.append(arg)
-        return out
+        values = {"video": str(job.video), "audio": str(job.audio), "output": str(job.output)}
+        return [PLACEHOLDER.sub(lambda m: values[m.group(1)], arg) for arg in self.argv]
 
     def workdir(self, job: ClipJob) -> Path:
         """Where the command runs: the job's scratch folder, so relative paths it writes stay private."""
@@ -81,9 +77,11 @@ class CommandModel:
 
     def run_clip(self, job: ClipJob) -> None:
         argv = self.command(job)
-        run_command(argv, cwd=self.workdir(job), env={**os.environ, **self.env}, timeout_s=self.timeout_s, name=self.name)
+        run_command(argv, cwd=self.workdir(job), env={**os.environ, **self.env}, timeout_s=self.timeout_s,
+                    name=self.name)
         if not job.output.is_file() or job.output.stat().st_size == 0:
-            raise ModelFailed(f"{self.name} command exited 0 but wrote no {job.output.name} (argv: {argv})", stage="model")
+            raise ModelFailed(f"{self.name} command exited 0 but wrote no {job.output.name} (argv: {argv})",
+                              stage="model")
         check_output(self.name, probe_clip(job.output), job, self.output_fps or job.fps, self.extra_frames)
 
 
@@ -145,8 +143,8 @@ def probe_clip(path: Path) -> ClipFacts:
         info = ffmpeg.probe(str(path), select_streams="v:0", count_packets=None)
     except ffmpeg.Error as e:
         lines = (e.stderr or b"").decode(errors="replace").strip().splitlines()
-        raise ModelFailed(f"the model's output {path.name} is not a readable video ({lines[-1] if lines else 'ffprobe failed'})",
-                          stage="model") from None
+        detail = lines[-1] if lines else "ffprobe failed"
+        raise ModelFailed(f"the model's output {path.name} is not a readable video ({detail})", stage="model") from None
     streams = info.get("streams", [])
     if not streams:
         raise ModelFailed(f"the model's output {path.name} has no video stream", stage="model")

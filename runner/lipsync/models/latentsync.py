@@ -62,7 +62,8 @@ class LatentSyncModel(CommandModel):
                 "--seed", str(options.seed),
                 "--video_path", "{video}", "--audio_path", "{audio}", "--video_out_path", "{output}")
         return cls(argv=argv, crop_size=size, audio_rate=AUDIO_RATE, timeout_s=float(options.timeout_seconds),
-                   name="latentsync", env={"HF_HUB_OFFLINE": "1"}, output_fps=FPS, extra_frames=EXTRA_FRAMES, home=home, weights=folder)
+                   name="latentsync", env={"HF_HUB_OFFLINE": "1"}, output_fps=FPS, extra_frames=EXTRA_FRAMES,
+                   home=home, weights=folder)
 
     def workdir(self, job: ClipJob) -> Path:
         """A private copy of the checkout made of links, with ``checkpoints/`` from the weights."""
