@@ -19,12 +19,13 @@ import numpy as np
 
 from . import log
 from .audio import load_mono
+from .clip import render_clip
 from .errors import InvalidMedia, LipSyncError, NoFaceFound
 from .io.fetch import fetch, is_remote, local_path, sha256
 from .io.probe import AudioInfo, VideoInfo, probe_audio, probe_video
 from .io.publish import ARTIFACTS, check_existing, open_store, publish, refuse_other
 from .metrics import Metrics
-from .models import FrameModel, load_model
+from .models import ClipModel, FrameModel, load_model
 from .preview import Sheet, pick
 from .spec import LipSyncJob, LipSyncJobSpec
 from .video import crop, overlay, track
@@ -248,10 +249,15 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
     sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
     video_only = scratch / "encoded.mp4"
     with metrics.stage("render") as fig:
-        model.prepare(load_mono(inputs.audio, model.audio_rate), plan.fps, plan.n_out)
-        batch = getattr(model, "batch_size", 16)
-        fig.frames = render(spec, model, source, plan, boxes, video_only, sheet,
-                            lambda f: progress.update("render", f), batch)
+        speech = load_mono(inputs.audio, model.audio_rate)
+        on_render = lambda f: progress.update("render", f)  # noqa: E731
+        if isinstance(model, ClipModel):
+            fig.frames = render_clip(spec, model, source, plan.n_out, boxes, speech, scratch / "clip", video_only,
+                                     sheet, on_render)
+        else:
+            model.prepare(speech, plan.fps, plan.n_out)
+            batch = getattr(model, "batch_size", 16)
+            fig.frames = render(spec, model, source, plan, boxes, video_only, sheet, on_render, batch)
 
     output = scratch / "output.mp4"
     with metrics.stage("remux"):

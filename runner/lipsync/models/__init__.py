@@ -17,4 +17,13 @@ def load_model(spec: LipSyncJobSpec, weights: Path | None) -> FrameModel | ClipM
         from .baseline import BaselineModel
 
         return BaselineModel(options, spec.face.padding)
+    if name == "command":
+        from .command import CommandModel
+
+        assert spec.model.command is not None  # the spec's validator requires it for name: command
+        return CommandModel.from_spec(spec.model.command, options)
+    if name == "latentsync":
+        from .latentsync import LatentSyncModel
+
+        return LatentSyncModel.from_spec(options, weights)
     raise NotImplementedError(f"model {name!r} is not available in this build")

@@ -12,6 +12,7 @@ path of the crop video and of its audio, and writes a clip of the same frame cou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -36,7 +37,7 @@ class ClipJob:
     video: Path  # the crop clip, constant fps, crop_size square
     audio: Path  # mono WAV at the model's audio_rate, as long as the clip
     output: Path  # where the model must write its clip
-    fps: float
+    fps: Fraction  # exact (30000/1001), so frame counts and rates compare exactly
     frames: int
     size: int
 

@@ -24,9 +24,11 @@ def even(n: int) -> int:
     return n + (n % 2)
 
 
-def encode_command(dest: Path, width: int, height: int, fps: Fraction, *, codec: str, crf: int, preset: str) -> list[str]:
+def encode_command(dest: Path, width: int, height: int, fps: Fraction, *, codec: str, crf: int, preset: str,
+                   pix_fmt: str = "yuv420p") -> list[str]:
+    """``pix_fmt`` yuv420p for delivery; yuv444p (with crf 0: lossless) for clips a model reads back."""
     src = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{even(width)}x{even(height)}", r=str(fps))
-    kw = {"vcodec": codec, "crf": crf, "preset": preset, "pix_fmt": "yuv420p", "r": str(fps), "loglevel": "error"}
+    kw = {"vcodec": codec, "crf": crf, "preset": preset, "pix_fmt": pix_fmt, "r": str(fps), "loglevel": "error"}
     if codec == "libx265":
         kw["tag:v"] = "hvc1"  # plays in QuickTime/Safari
     return ffmpeg.output(src, str(dest), **kw).overwrite_output().compile()
