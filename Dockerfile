@@ -69,6 +69,42 @@ RUN pip install ".[operator]" \
  && python -c "import torch, lipsync, lipsync_operator; print('torch', torch.__version__)" \
  && command -v lipsync lipsync-operator
 
+# ---------------------------------------------------------------------------------- latentsync
+# The runner plus LatentSync (bytedance/LatentSync, pinned) in its own Python 3.10 env, for
+# `model: latentsync`. Job weights (latentsync_unet.pt, whisper/tiny.pt) come from
+# spec.model.weights; what every job needs and LatentSync would otherwise download at run time
+# (the SD VAE, InsightFace's detector) is fetched here, at build time.
+#   docker build --target latentsync -t lipsync:0.1.0-latentsync .
+FROM base AS latentsync
+ARG LATENTSYNC_COMMIT=a229c3948406bc2cf6eaf4873e662e70c6a04746
+ARG VAE_REVISION=main
+COPY --from=builder /opt/venv /opt/venv
+ENV LATENTSYNC_HOME=/opt/latentsync \
+    LATENTSYNC_PYTHON=/opt/latentsync/.venv/bin/python \
+    HF_HOME=/opt/latentsync/hf \
+    HOME=/home/lipsync
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git build-essential python3.10 python3.10-venv python3.10-dev \
+      libgl1 libglib2.0-0 \
+ && git init -q ${LATENTSYNC_HOME} \
+ && git -C ${LATENTSYNC_HOME} fetch -q --depth 1 https://github.com/bytedance/LatentSync.git ${LATENTSYNC_COMMIT} \
+ && git -C ${LATENTSYNC_HOME} checkout -q FETCH_HEAD \
+ && rm -rf ${LATENTSYNC_HOME}/.git ${LATENTSYNC_HOME}/assets \
+ && python3.10 -m venv ${LATENTSYNC_HOME}/.venv \
+ && ${LATENTSYNC_PYTHON} -m pip install --upgrade pip \
+ && ${LATENTSYNC_PYTHON} -m pip install -r ${LATENTSYNC_HOME}/requirements.txt \
+ && ${LATENTSYNC_HOME}/.venv/bin/huggingface-cli download stabilityai/sd-vae-ft-mse --revision ${VAE_REVISION} \
+ && cd ${LATENTSYNC_HOME} \
+ && ${LATENTSYNC_PYTHON} -c "from insightface.app import FaceAnalysis; FaceAnalysis(root='checkpoints/auxiliary', allowed_modules=['detection', 'landmark_2d_106'], providers=['CPUExecutionProvider'])" \
+ && ${LATENTSYNC_PYTHON} -c "import torch, diffusers, decord, insightface, DeepCache; print('latentsync env', torch.__version__)" \
+ && apt-get purge -y --auto-remove git build-essential python3.10-dev \
+ && rm -rf /var/lib/apt/lists/* /root/.cache \
+ && chmod -R a+rX ${LATENTSYNC_HOME}
+WORKDIR /home/lipsync
+USER 10001:10001
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["lipsync-operator"]
+
 # ------------------------------------------------------------------------------------- runtime
 FROM base AS runtime
 ARG VARIANT

@@ -102,10 +102,11 @@ def final_user(stage: str = "runtime") -> str:
 
 def test_stages():
     names = [s.name for s in STAGES]
-    assert names == ["os-cuda", "os-cpu", "base", "builder", "runtime"]
+    assert names == ["os-cuda", "os-cpu", "base", "builder", "latentsync", "runtime"]
     assert STAGES[-1].name == "runtime"  # `docker build .` gives the runtime image
     assert STAGE["base"].base == "os-${VARIANT}"
     assert STAGE["builder"].base == "base" and STAGE["runtime"].base == "base"
+    assert STAGE["latentsync"].base == "base"  # a target of its own: --target latentsync
 
 
 def test_bases_are_pinned():
@@ -155,8 +156,9 @@ def test_installs_the_project_with_the_operator_extra():
     assert [c.value for c in runtime_copies] == ["--from=builder /opt/venv /opt/venv"]
 
 
-def test_runs_as_non_root_numeric_user():
-    user = final_user()
+@pytest.mark.parametrize("stage", ["runtime", "latentsync"])
+def test_runs_as_non_root_numeric_user(stage: str):
+    user = final_user(stage)
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) != 0, f"USER {user}: must be a non-root numeric UID"
     assert not gid or (gid.isdigit() and int(gid) != 0)
@@ -164,8 +166,8 @@ def test_runs_as_non_root_numeric_user():
     base = " ".join(i.value for i in STAGE["base"].all("RUN"))
     assert f"--uid {uid}" in base
     # nothing after USER switches back to root
-    idx = max(i for i, ins in enumerate(STAGE["runtime"].instructions) if ins.cmd == "USER")
-    assert all(ins.cmd not in ("RUN", "USER") for ins in STAGE["runtime"].instructions[idx + 1:])
+    idx = max(i for i, ins in enumerate(STAGE[stage].instructions) if ins.cmd == "USER")
+    assert all(ins.cmd not in ("RUN", "USER") for ins in STAGE[stage].instructions[idx + 1:])
 
 
 def test_entry_points():
@@ -195,3 +197,13 @@ def test_no_weights_baked_in():
 @pytest.mark.parametrize("path", ["pyproject.toml", "runner"])
 def test_copied_paths_exist(path: str):
     assert (ROOT / path).exists()
+
+
+def test_latentsync_target_is_pinned_and_matches_the_preset():
+    from lipsync.models import latentsync
+
+    args = {i.value.partition("=")[0]: i.value.partition("=")[2] for i in STAGE["latentsync"].all("ARG")}
+    assert re.fullmatch(r"[0-9a-f]{40}", args["LATENTSYNC_COMMIT"])
+    env = " ".join(i.value for i in STAGE["latentsync"].all("ENV"))
+    assert f"LATENTSYNC_HOME={latentsync.DEFAULT_HOME}" in env
+    assert "HF_HOME=" in env  # the build-time model cache, read offline at run time
