@@ -86,7 +86,7 @@ def main() -> None:
         for name, detail, ratio in rows:
             print(f"  {name:<48} {detail:>26}   ratio {ratio:5.2f}")
         print(f"  render stage: {m_short['stages']['render']['fps']} fps; track stage: {t5} fps; "
-              f"runner peak RSS {r_rss:.0f} MiB (ffmpeg children {m_short['ffmpeg_peak_rss_mb']:.0f} MiB)")
+              f"runner peak RSS {r_rss:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -11,14 +11,12 @@ from typing import Any, Iterator
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (ffmpeg children are counted separately)."""
+    """Peak resident memory of this Python process so far.
+
+    ffmpeg's own memory is not reported: the kernel's figure for children counts the pages a
+    child shares with this process between fork and exec, so it only ever echoes this one."""
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
-
-
-def children_peak_rss_mb() -> float:
-    kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return round(kb / 1024, 1)
 
 
 @dataclass
@@ -51,6 +49,5 @@ class Metrics:
         return {
             "stages": {k: v.as_dict() for k, v in self.stages.items()},
             "peak_rss_mb": peak_rss_mb(),
-            "ffmpeg_peak_rss_mb": children_peak_rss_mb(),
             **self.extra,
         }
