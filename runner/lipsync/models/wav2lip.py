@@ -150,7 +150,7 @@ def _describe(source: PathOrFile) -> str:
 
 def _read_checkpoint(source: PathOrFile) -> Any:
     """torch.load with ``weights_only``: a checkpoint from the internet must not run code on load."""
-    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
+    if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
         raise InvalidWeights(f"Wav2Lip weights {_describe(source)!r}: no such file", stage=_STAGE)
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
