@@ -176,7 +176,9 @@ def test_another_models_checkpoint_is_refused_with_counts(tmp_path: Path) -> Non
     # SyncNet's audio encoder shares names with the generator's: 91 of its keys fit by name.
     assert "261 missing keys: face_encoder_blocks.0.0.conv_block.0.weight" in message
     assert "126 unexpected keys: face_encoder.0.conv_block.0.weight" in message
-    assert "7 mis-shaped keys: audio_encoder.11.conv_block.0.weight (expected [512, 256, 3, 3], got [256, 256, 3, 3])" in message
+    assert (
+        "7 mis-shaped keys: audio_encoder.11.conv_block.0.weight (expected [512, 256, 3, 3], got [256, 256, 3, 3])"
+    ) in message
     assert "... 258 more" in message
 
 
@@ -190,7 +192,9 @@ def test_missing_unexpected_and_misshaped_keys_are_listed(
     message = _refusal(_save({"state_dict": state}, tmp_path / "edited.pth"))
     assert "1 missing keys: output_block.1.bias" in message
     assert "1 unexpected keys: extra.weight" in message
-    assert "1 mis-shaped keys: audio_encoder.0.conv_block.0.weight (expected [32, 1, 3, 3], got [32, 2, 3, 3])" in message
+    assert (
+        "1 mis-shaped keys: audio_encoder.0.conv_block.0.weight (expected [32, 1, 3, 3], got [32, 2, 3, 3])"
+    ) in message
 
 
 def test_non_finite_weights_are_refused(tmp_path: Path, formula_state: "OrderedDict[str, torch.Tensor]") -> None:
@@ -216,18 +220,24 @@ def test_device_choice(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptur
     assert resolve_autocast("fp32", torch.device("cuda")) is None
 
 
-def test_from_spec_loads_weights_up_front(tmp_path: Path, published_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = ModelSpec(name="wav2lip", weights="w.pth", options={"device": "cpu", "batchSize": 5})
+def _spec(**options: object) -> ModelSpec:
+    return ModelSpec(name="wav2lip", weights="w.pth", options=options)
+
+
+def test_from_spec_loads_weights_up_front(
+    tmp_path: Path, published_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _spec(device="cpu", batchSize=5)
     model = Wav2LipModel.from_spec(spec, published_checkpoint)
     assert isinstance(model, FrameModel)
     assert (model.name, model.crop_size, model.audio_rate, model.batch_size) == ("wav2lip", 96, 16000, 5)
     assert model.device == CPU and model.autocast is None and not model.net.training
-    assert Wav2LipModel.from_spec(ModelSpec(name="wav2lip", weights="w.pth"), published_checkpoint).batch_size == 16
+    assert Wav2LipModel.from_spec(_spec(), published_checkpoint).batch_size == 16
     with pytest.raises(InvalidWeights):
         Wav2LipModel.from_spec(spec, tmp_path / "absent.pth")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceUnavailable):
-        Wav2LipModel.from_spec(ModelSpec(name="wav2lip", weights="w.pth", options={"device": "cuda"}), published_checkpoint)
+        Wav2LipModel.from_spec(_spec(device="cuda"), published_checkpoint)
 
 
 # ---------------------------------------------------------------------------- the FrameModel
@@ -275,3 +285,10 @@ def test_infer_checks_its_inputs(net: Wav2Lip, crops: np.ndarray) -> None:
     with pytest.raises(ValueError, match="indices in"):
         model.infer(crops, np.array([0, 1, 2, 20]))
     assert model.infer(crops[:0], np.arange(0)).shape == (0, 96, 96, 3)
+
+
+def test_infer_takes_array_views(net: Wav2Lip, crops: np.ndarray) -> None:
+    model = _prepared(net, 4)
+    flipped = crops[:2, :, :, ::-1]  # a negative-stride view, as an RGB<->BGR flip gives
+    flipped.flags.writeable = False
+    np.testing.assert_array_equal(model.infer(flipped, np.arange(2)), model.infer(flipped.copy(), np.arange(2)))

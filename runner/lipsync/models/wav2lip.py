@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import IO, Any, Mapping
 
@@ -317,12 +318,14 @@ class Wav2LipModel:
         assert self._mel is not None and self._starts is not None
         starts = torch.from_numpy(self._starts[frames]).to(self.device)
         audio = self._mel.unfold(1, WINDOW_STEPS, 1)[:, starts].permute(1, 0, 2).unsqueeze(1)  # (B, 1, 80, 16)
-        # uint8 crosses to the device (4x less than float), then HWC->CHW and scaling happen there.
-        target = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        # uint8 crosses to the device (4x less than float), then HWC->CHW and scaling happen there;
+        # copied, so views (negative strides) and read-only arrays are fine.
+        pixels_in = torch.tensor(np.ascontiguousarray(crops), device=self.device)
+        target = pixels_in.permute(0, 3, 1, 2).float().div_(255.0)
         masked = target.clone()
         masked[:, :, self.crop_size // 2 :] = 0.0  # as trained: the mouth half is hidden from the net
         face = torch.cat((masked, target), dim=1)  # reference frame = the crop itself, as at inference
-        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+        with torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext():
             pred = self.net(audio, face)
         # Rounded, not truncated as the original script does, which darkens by half a level.
         pixels = pred.float().mul_(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
