@@ -14,6 +14,7 @@ import torch
 from lipsync.errors import DeviceUnavailable, InvalidWeights
 from lipsync.mel import mel_spectrogram, mel_windows, window_starts
 from lipsync.models.base import FrameModel
+from lipsync.models.syncnet import SyncNetColor, load_syncnet
 from lipsync.models.wav2lip import Wav2Lip, Wav2LipModel, load_wav2lip, resolve_autocast, resolve_device
 from lipsync.spec import ModelSpec
 from wav2lip_weights import REFERENCE_DIR, formula_state_dict, manifest_layout, write_formula_checkpoint
@@ -227,6 +228,7 @@ def _spec(**options: object) -> ModelSpec:
 def test_from_spec_loads_weights_up_front(
     tmp_path: Path, published_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a GPU CI runner
     spec = _spec(device="cpu", batchSize=5)
     model = Wav2LipModel.from_spec(spec, published_checkpoint)
     assert isinstance(model, FrameModel)
@@ -235,7 +237,6 @@ def test_from_spec_loads_weights_up_front(
     assert Wav2LipModel.from_spec(_spec(), published_checkpoint).batch_size == 16
     with pytest.raises(InvalidWeights):
         Wav2LipModel.from_spec(spec, tmp_path / "absent.pth")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceUnavailable):
         Wav2LipModel.from_spec(_spec(device="cuda"), published_checkpoint)
 
@@ -292,3 +293,22 @@ def test_infer_takes_array_views(net: Wav2Lip, crops: np.ndarray) -> None:
     flipped = crops[:2, :, :, ::-1]  # a negative-stride view, as an RGB<->BGR flip gives
     flipped.flags.writeable = False
     np.testing.assert_array_equal(model.infer(flipped, np.arange(2)), model.infer(flipped.copy(), np.arange(2)))
+
+
+# ---------------------------------------------------------------------------- the SyncNet expert
+def test_syncnet_layout_equals_the_manifest() -> None:
+    model = SyncNetColor()
+    assert [(k, list(v.shape)) for k, v in model.state_dict().items()] == manifest_layout("syncnet_color")
+    assert sum(p.numel() for p in model.parameters()) == 16435072
+
+
+def test_syncnet_loads_and_embeds(tmp_path: Path, published_checkpoint: Path) -> None:
+    expert = load_syncnet(write_formula_checkpoint(tmp_path / "lipsync_expert.pth", model="syncnet_color"))
+    assert not expert.training
+    with torch.inference_mode():
+        audio, faces = expert(torch.randn(2, 1, 80, 16), torch.rand(2, 15, 48, 96))
+    assert audio.shape == faces.shape == (2, 512)
+    np.testing.assert_allclose(audio.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(faces.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    with pytest.raises(InvalidWeights, match=r"looks like the Wav2Lip generator \(wav2lip.pth"):
+        load_syncnet(published_checkpoint)

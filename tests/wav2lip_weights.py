@@ -52,10 +52,11 @@ def formula_state_dict(model: str = "wav2lip") -> "OrderedDict[str, torch.Tensor
     )
 
 
-def write_formula_checkpoint(path: str | Path, *, published_form: bool = True) -> Path:
-    """Write the formula weights to ``path``; by default as published (DataParallel ``module.`` keys
-    under ``"state_dict"``, with the training counters beside it), else as a bare state dict."""
-    state = formula_state_dict()
+def write_formula_checkpoint(path: str | Path, *, published_form: bool = True, model: str = "wav2lip") -> Path:
+    """Write the formula weights of ``model`` ("wav2lip" or "syncnet_color") to ``path``; by default
+    as published (DataParallel ``module.`` keys under ``"state_dict"``, with the training counters
+    beside it), else as a bare state dict."""
+    state = formula_state_dict(model)
     if published_form:
         checkpoint: object = {
             "state_dict": OrderedDict((f"module.{k}", v) for k, v in state.items()),

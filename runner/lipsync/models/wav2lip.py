@@ -13,26 +13,22 @@ encoder takes the mel window to a (B, 512, 1, 1) embedding that seeds the decode
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import nullcontext
-from pathlib import Path
-from typing import IO, Any, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DeviceUnavailable, InvalidWeights
+from ..errors import DeviceUnavailable
 from ..mel import WINDOW_STEPS, mel_spectrogram, pad_to_window, window_starts
 from ..spec import ModelSpec, Wav2LipOptions
+from .checkpoint import PathOrFile, load_checked
 
 logger = logging.getLogger(__name__)
 
 CROP_SIZE = 96
 AUDIO_RATE = 16000
 DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 128}
-_DATA_PARALLEL_PREFIX = "module."
-_SHOWN_KEYS = 3  # keys quoted per kind of mismatch in an InvalidWeights message
 _STAGE = "model"
 
 
@@ -71,17 +67,18 @@ class ConvBlock(nn.Module):
         return torch.relu(out)
 
 
-def _res(channels: int) -> ConvBlock:
+def res_block(channels: int) -> ConvBlock:
     """A shape-preserving 3x3 residual block (the bulk of every stage)."""
     return ConvBlock(channels, channels, 3, 1, 1, residual=True)
 
 
-def _chain(head: ConvBlock, n_res: int, channels: int) -> list[ConvBlock]:
-    return [head, *(_res(channels) for _ in range(n_res))]
+def conv_chain(head: ConvBlock, n_res: int, channels: int) -> list[ConvBlock]:
+    """``head`` then ``n_res`` residual blocks: how both Wav2Lip networks build their stages."""
+    return [head, *(res_block(channels) for _ in range(n_res))]
 
 
 def _stage(head: ConvBlock, n_res: int, channels: int) -> nn.Sequential:
-    return nn.Sequential(*_chain(head, n_res, channels))
+    return nn.Sequential(*conv_chain(head, n_res, channels))
 
 
 def _up(cin: int, cout: int, stride: int = 2, padding: int = 1) -> ConvBlock:
@@ -106,10 +103,10 @@ class Wav2Lip(nn.Module):
         )
         # One flat Sequential (keys audio_encoder.0 .. .12): (80, 16) -> 27x16 -> 9x6 -> 3x3 -> 1x1.
         self.audio_encoder = nn.Sequential(
-            *_chain(ConvBlock(1, 32, 3, 1, 1), 2, 32),
-            *_chain(ConvBlock(32, 64, 3, (3, 1), 1), 2, 64),
-            *_chain(ConvBlock(64, 128, 3, 3, 1), 2, 128),
-            *_chain(ConvBlock(128, 256, 3, (3, 2), 1), 1, 256),
+            *conv_chain(ConvBlock(1, 32, 3, 1, 1), 2, 32),
+            *conv_chain(ConvBlock(32, 64, 3, (3, 1), 1), 2, 64),
+            *conv_chain(ConvBlock(64, 128, 3, 3, 1), 2, 128),
+            *conv_chain(ConvBlock(128, 256, 3, (3, 2), 1), 1, 256),
             ConvBlock(256, 512, 3, 1, 0),
             ConvBlock(512, 512, 1, 1, 0),
         )
@@ -142,94 +139,14 @@ class Wav2Lip(nn.Module):
 
 
 # ---------------------------------------------------------------------------- loading
-PathOrFile = str | os.PathLike[str] | IO[bytes]
-
-
-def _describe(source: PathOrFile) -> str:
-    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
-
-
-def _read_checkpoint(source: PathOrFile) -> Any:
-    """torch.load with ``weights_only``: a checkpoint from the internet must not run code on load."""
-    if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
-        raise InvalidWeights(f"Wav2Lip weights {_describe(source)!r}: no such file", stage=_STAGE)
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types (RuntimeError, UnpicklingError, EOFError, ...)
-        detail = (str(e).strip().splitlines() or [""])[0][:200]
-        raise InvalidWeights(
-            f"Wav2Lip weights {_describe(source)!r} are not a readable PyTorch checkpoint "
-            f"(truncated or another format?): {type(e).__name__}: {detail}",
-            stage=_STAGE,
-        ) from None
-
-
-def _state_dict_of(checkpoint: Any, where: str) -> dict[str, torch.Tensor]:
-    """The published form ``{"state_dict": {"module.<key>": ...}, ...}`` or a bare state dict."""
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InvalidWeights(
-            f"Wav2Lip weights {where!r} hold a {type(state).__name__}, not a state dict of tensors",
-            stage=_STAGE,
-        )
-    return {str(k).removeprefix(_DATA_PARALLEL_PREFIX): v for k, v in state.items()}
-
-
-def _sample(keys: list[str]) -> str:
-    more = f", ... {len(keys) - _SHOWN_KEYS} more" if len(keys) > _SHOWN_KEYS else ""
-    return ", ".join(keys[:_SHOWN_KEYS]) + more
-
-
-def _mismatches(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> list[str]:
-    """Human-readable differences between a loaded state dict and the generator's own."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [
-        f"{k} (expected {list(v.shape)}, got {list(state[k].shape)})"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {_sample(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {_sample(unexpected)}")
-    if misshaped:
-        problems.append(f"{len(misshaped)} mis-shaped keys: {_sample(misshaped)}")
-    return problems
-
-
-def _check_state_dict(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], where: str) -> None:
-    problems = _mismatches(state, expected)
-    if problems:
-        hint = ""
-        if "face_encoder.0.conv_block.0.weight" in state:
-            hint = " (this looks like the SyncNet lip-sync expert, lipsync_expert.pth, not the generator)"
-        raise InvalidWeights(
-            f"Wav2Lip weights {where!r} do not fit the Wav2Lip generator{hint}: " + "; ".join(problems),
-            stage=_STAGE,
-        )
-    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if broken:
-        raise InvalidWeights(
-            f"Wav2Lip weights {where!r} hold NaN or infinite values in {len(broken)} tensors: {_sample(broken)}",
-            stage=_STAGE,
-        )
-
-
 def load_wav2lip(source: PathOrFile, device: str | torch.device = "cpu") -> Wav2Lip:
     """The generator with the checkpoint's weights, in eval mode on ``device``.
 
-    Raises InvalidWeights, naming what is wrong, for a missing, unreadable or truncated file,
-    for another model's checkpoint and for wrong shapes: a bad checkpoint must fail the job
-    before any frame is decoded, not produce garbage.
+    Accepts the published form and a bare state dict. Raises InvalidWeights, naming what is
+    wrong, for a missing, unreadable or truncated file, for another model's checkpoint and for
+    wrong shapes: a bad checkpoint must fail the job before any frame is decoded.
     """
-    where = _describe(source)
-    state = _state_dict_of(_read_checkpoint(source), where)
-    model = Wav2Lip()
-    _check_state_dict(state, model.state_dict(), where)
-    model.load_state_dict(state)
-    return model.to(device).eval()
+    return load_checked(Wav2Lip(), source, "Wav2Lip generator", device)
 
 
 # ---------------------------------------------------------------------------- device choice
