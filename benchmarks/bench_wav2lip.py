@@ -13,6 +13,7 @@ does not depend on their values, so no checkpoint is needed.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Callable
 
@@ -46,6 +47,10 @@ def best_rates(runs: dict[str, Callable[[], object]], batch: int, rounds: int, s
     return best
 
 
+def _load() -> str:
+    return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16, 64])
@@ -59,7 +64,8 @@ def main() -> None:
     fps, n_frames = 25.0, 250
     audio = (0.1 * rng.standard_normal(int(n_frames / fps * 16000))).astype(np.float32)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, fp32")
+    # Other processes on the cores skew every figure: show the load so a reader can judge them.
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, fp32, {_load()}")
     print(f"{'batch':>5} {'forward fr/s':>13} {'infer fr/s':>11} {'infer/forward':>14}")
     for batch in args.batch_sizes:
         model = Wav2LipModel(net, device=torch.device("cpu"), batch_size=batch)
@@ -78,6 +84,7 @@ def main() -> None:
         )
         raw, full = rates["raw"], rates["full"]
         print(f"{batch:>5} {raw:>13.1f} {full:>11.1f} {full / raw:>14.3f}")
+    print(_load())
 
 
 if __name__ == "__main__":

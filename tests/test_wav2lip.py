@@ -67,6 +67,8 @@ def test_mel_of_silence_and_of_very_short_audio() -> None:
     assert mel_spectrogram(np.zeros(0, np.float32)).shape == (80, 1)
     silence = mel_spectrogram(np.zeros(4000, np.float32))
     assert silence.shape == (80, 21) and np.all(silence == -4.0)
+    with pytest.raises(ValueError, match="mono"):
+        mel_spectrogram(np.zeros((2, 4000), np.float32))
     windows = mel_windows(silence[:, :5], 25.0, 3)  # under one window: padded with silence
     assert windows.shape == (3, 80, 16) and np.all(windows == -4.0)
 
