@@ -123,6 +123,20 @@ def test_bare_state_dict_and_file_objects_load(tmp_path: Path, reference_mel: np
     )
 
 
+def test_legacy_serialization_loads(
+    tmp_path: Path, formula_state: "OrderedDict[str, torch.Tensor]", reference_mel: np.ndarray
+) -> None:
+    """The published files date from torch 1.1, before the zip format: they must load too."""
+    published = {"state_dict": OrderedDict((f"module.{k}", v) for k, v in formula_state.items()), "global_step": 1}
+    path = tmp_path / "legacy.pth"
+    torch.save(published, path, _use_new_zipfile_serialization=False)
+    np.testing.assert_allclose(
+        _reference_forward(load_wav2lip(path), reference_mel),
+        np.load(REFERENCE_DIR / "wav2lip_out_reference.npy"),
+        atol=1e-4,
+    )
+
+
 def _save(obj: object, path: Path) -> Path:
     torch.save(obj, path)
     return path

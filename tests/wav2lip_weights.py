@@ -18,6 +18,9 @@ import torch
 REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "wav2lip-reference"
 
 
+_ADAM_GROUP = {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0, "amsgrad": False, "params": [0, 1]}
+
+
 def manifest_layout(model: str = "wav2lip") -> list[tuple[str, list[int]]]:
     """(key, shape) of every tensor of ``model`` in the manifest, in checkpoint order."""
     manifest = json.loads((REFERENCE_DIR / "manifest.json").read_text())
@@ -54,12 +57,14 @@ def formula_state_dict(model: str = "wav2lip") -> "OrderedDict[str, torch.Tensor
 
 def write_formula_checkpoint(path: str | Path, *, published_form: bool = True, model: str = "wav2lip") -> Path:
     """Write the formula weights of ``model`` ("wav2lip" or "syncnet_color") to ``path``; by default
-    as published (DataParallel ``module.`` keys under ``"state_dict"``, with the training counters
-    beside it), else as a bare state dict."""
+    as published (DataParallel ``module.`` keys under ``"state_dict"``, with optimizer state and
+    training counters beside it), else as a bare state dict."""
     state = formula_state_dict(model)
     if published_form:
         checkpoint: object = {
             "state_dict": OrderedDict((f"module.{k}", v) for k, v in state.items()),
+            # The published files also carry Adam's state: its plain types must pass weights_only.
+            "optimizer": {"state": {}, "param_groups": [_ADAM_GROUP]},
             "global_step": 0,
             "global_epoch": 0,
         }
