@@ -61,10 +61,12 @@ class ConvBlock(nn.Module):
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In place on the BatchNorm's fresh output: two fewer full-size allocations per block,
+        # and still differentiable (neither BatchNorm's nor the addition's backward needs it).
         out = self.conv_block(x)
         if self.residual:
-            out = out + x
-        return torch.relu(out)
+            out += x
+        return torch.relu_(out)
 
 
 def res_block(channels: int) -> ConvBlock:
