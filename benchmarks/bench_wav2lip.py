@@ -4,6 +4,12 @@ Run from the repository root (about 40 s on 2 cores):
 
     PYTHONPATH=runner /work/venv/bin/python benchmarks/bench_wav2lip.py
 
+and with glibc keeping freed memory instead of unmapping every >32 MB activation after use
+(which costs ~100k page faults per batch-16 forward; 25-80 % more frames/s seen here):
+
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2147483648:glibc.malloc.trim_threshold=4294967296 \
+        PYTHONPATH=runner /work/venv/bin/python benchmarks/bench_wav2lip.py
+
 The infer path adds what the pipeline pays per batch: uint8 HWC -> float CHW, masking, mel-window
 gathering, and float -> uint8 back. Its ratio to the bare forward shows whether that overhead
 matters (it should stay within a few percent of the convolutions). Weights are random: speed
