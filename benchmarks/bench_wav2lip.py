@@ -1,6 +1,6 @@
 """Wav2Lip CPU throughput: the bare network's forward vs the FrameModel.infer path around it.
 
-Run from the repository root (about 40 s on 2 cores):
+Run from the repository root (about 40 s on 2 idle cores, more when they are shared):
 
     PYTHONPATH=runner /work/venv/bin/python benchmarks/bench_wav2lip.py
 
