@@ -1,0 +1,117 @@
+"""Strict, safe loading of published checkpoints into a known module tree.
+
+Checkpoints come from the internet and from users' buckets, so loading must never run code
+(``weights_only``) and must fail with a message that says what is wrong (which keys are missing,
+unexpected or mis-shaped, or which model the file really is), since a job that silently renders
+with the wrong weights is worse than one that fails.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO, Any, Mapping, TypeVar
+
+import torch
+from torch import nn
+
+from ..errors import InvalidWeights
+
+PathOrFile = str | os.PathLike[str] | IO[bytes]
+M = TypeVar("M", bound=nn.Module)
+
+_DATA_PARALLEL_PREFIX = "module."  # the published checkpoints were saved from nn.DataParallel
+_SHOWN_KEYS = 3  # keys quoted per kind of mismatch
+_STAGE = "model"
+
+# A key that only one known model has -> what a file holding it most likely is.
+_SIGNATURES = {
+    "face_encoder_blocks.0.0.conv_block.0.weight": "the Wav2Lip generator (wav2lip.pth, wav2lip_gan.pth)",
+    "face_encoder.0.conv_block.0.weight": "the SyncNet lip-sync expert (lipsync_expert.pth)",
+}
+
+
+def describe(source: PathOrFile) -> str:
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
+
+
+def read_checkpoint(source: PathOrFile, label: str) -> Any:
+    """torch.load on the CPU with ``weights_only``: unpickling must not be able to run code."""
+    if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
+        raise InvalidWeights(f"{label} weights {describe(source)!r}: no such file", stage=_STAGE)
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types (RuntimeError, UnpicklingError, EOFError, ...)
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise InvalidWeights(
+            f"{label} weights {describe(source)!r} are not a readable PyTorch checkpoint "
+            f"(truncated or another format?): {type(e).__name__}: {detail}",
+            stage=_STAGE,
+        ) from None
+
+
+def state_dict_of(checkpoint: Any, label: str, where: str) -> dict[str, torch.Tensor]:
+    """The published form ``{"state_dict": {"module.<key>": ...}, ...}`` or a bare state dict."""
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InvalidWeights(
+            f"{label} weights {where!r} hold a {type(state).__name__}, not a state dict of tensors", stage=_STAGE
+        )
+    return {str(k).removeprefix(_DATA_PARALLEL_PREFIX): v for k, v in state.items()}
+
+
+def _sample(items: list[str]) -> str:
+    more = f", ... {len(items) - _SHOWN_KEYS} more" if len(items) > _SHOWN_KEYS else ""
+    return ", ".join(items[:_SHOWN_KEYS]) + more
+
+
+def mismatches(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences between a loaded state dict and the model's own, with counts."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [
+        f"{k} (expected {list(v.shape)}, got {list(state[k].shape)})"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_sample(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_sample(unexpected)}")
+    if misshaped:
+        problems.append(f"{len(misshaped)} mis-shaped keys: {_sample(misshaped)}")
+    return problems
+
+
+def _identify(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str:
+    for key, what in _SIGNATURES.items():
+        if key in state and key not in expected:
+            return f" (this looks like {what})"
+    return ""
+
+
+def check_state_dict(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], label: str, where: str
+) -> None:
+    problems = mismatches(state, expected)
+    if problems:
+        raise InvalidWeights(
+            f"{label} weights {where!r} do not fit the {label}{_identify(state, expected)}: " + "; ".join(problems),
+            stage=_STAGE,
+        )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise InvalidWeights(
+            f"{label} weights {where!r} hold NaN or infinite values in {len(broken)} tensors: {_sample(broken)}",
+            stage=_STAGE,
+        )
+
+
+def load_checked(model: M, source: PathOrFile, label: str, device: str | torch.device = "cpu") -> M:
+    """``model`` with the checkpoint's weights, in eval mode on ``device``; InvalidWeights if they do not fit."""
+    where = describe(source)
+    state = state_dict_of(read_checkpoint(source, label), label, where)
+    check_state_dict(state, model.state_dict(), label, where)
+    model.load_state_dict(state)
+    return model.to(device).eval()
