@@ -17,7 +17,7 @@ from lipsync.models.base import FrameModel
 from lipsync.models.syncnet import SyncNetColor, load_syncnet
 from lipsync.models.wav2lip import Wav2Lip, Wav2LipModel, load_wav2lip, resolve_autocast, resolve_device
 from lipsync.spec import ModelSpec
-from wav2lip_weights import REFERENCE_DIR, formula_state_dict, manifest_layout, write_formula_checkpoint
+from .wav2lip_weights import REFERENCE_DIR, formula_state_dict, manifest_layout, write_formula_checkpoint
 
 CPU = torch.device("cpu")
 

@@ -98,7 +98,7 @@ def overlay_clip(spec: LipSyncJobSpec, source: Source, track: list[CropBox | Non
             for i, frame in enumerate(source.frames(len(track))):
                 result = frame
                 if (box := track[i]) is not None:
-                    result = overlay.paste(frame, box, next(synced), spec.face.padding)
+                    result = overlay.paste(frame, box, next(synced), spec.padding)
                 sheet.offer(i, frame, result, box)
                 writer.write(result)
                 if i % 25 == 0:

@@ -141,13 +141,19 @@ def track_faces(spec: LipSyncJobSpec, inputs: Inputs, info: VideoInfo, on_progre
     sc = track.scan(frames(), scale, spec.face)
     if sc.frames == 0:
         raise InvalidMedia(f"spec.video {str(inputs.video)!r} decoded to no frames: is the file complete?", stage="track")
-    boxes = track.build_track(sc, fps=float(info.fps), padding=spec.face.padding, every=spec.face.detect_every)
+    boxes = track.build_track(sc, fps=float(info.fps), padding=spec.padding, every=spec.face.detect_every)
     if not any(b is not None for b in boxes):
         raise NoFaceFound(
             f"no face was found in any of the {sc.frames} frames of spec.video: the speaker must face the camera; "
             "try a clip where the face is larger or better lit", stage="track")
     on_progress(1.0)
     return boxes, sc
+
+
+def frames_in_flight(width: int, height: int, batch_size: int) -> int:
+    """How many full frames may wait for the model: 4 batches, within LIPSYNC_FRAME_BUFFER_MB (1024)."""
+    budget = float(os.environ.get("LIPSYNC_FRAME_BUFFER_MB", "1024")) * 1024 * 1024
+    return max(1, min(4 * batch_size, int(budget // (width * height * 3))))
 
 
 def render(spec: LipSyncJobSpec, model: FrameModel, source: Source, plan: Plan, boxes: list[track.CropBox | None],
@@ -158,6 +164,9 @@ def render(spec: LipSyncJobSpec, model: FrameModel, source: Source, plan: Plan, 
                                         codec=out.video_codec, crf=out.crf, preset=out.preset),
                          source.width, source.height)
     size = model.crop_size or 256
+    # Full frames wait for their batch to come back from the model: bound them by memory too.
+    in_flight = frames_in_flight(source.width, source.height, batch_size)
+    batch_size = min(batch_size, in_flight)
     pending: list[tuple[int, np.ndarray, track.CropBox | None]] = []
     crops: list[np.ndarray] = []
     crop_frames: list[int] = []
@@ -169,7 +178,7 @@ def render(spec: LipSyncJobSpec, model: FrameModel, source: Source, plan: Plan, 
             result = frame
             if box is not None:
                 assert synced is not None
-                result = overlay.paste(frame, box, synced[k], spec.face.padding)
+                result = overlay.paste(frame, box, synced[k], spec.padding)
                 k += 1
             sheet.offer(i, frame, result, box)
             writer.write(result)
@@ -183,7 +192,7 @@ def render(spec: LipSyncJobSpec, model: FrameModel, source: Source, plan: Plan, 
             if box is not None:
                 crops.append(crop.cut(frame, box, size))
                 crop_frames.append(i)
-            if len(crops) >= batch_size or len(pending) >= 4 * batch_size:
+            if len(crops) >= batch_size or len(pending) >= in_flight:
                 flush()
         flush()
     except BaseException:

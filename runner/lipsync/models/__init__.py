@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..spec import LipSyncJobSpec
+from ..errors import InvalidWeights
 from .base import ClipJob, ClipModel, FrameModel
 
 __all__ = ["ClipJob", "ClipModel", "FrameModel", "load_model"]
@@ -16,7 +17,7 @@ def load_model(spec: LipSyncJobSpec, weights: Path | None) -> FrameModel | ClipM
     if name == "baseline":
         from .baseline import BaselineModel
 
-        return BaselineModel(options, spec.face.padding)
+        return BaselineModel(options, spec.padding)
     if name == "command":
         from .command import CommandModel
 
@@ -26,4 +27,12 @@ def load_model(spec: LipSyncJobSpec, weights: Path | None) -> FrameModel | ClipM
         from .latentsync import LatentSyncModel
 
         return LatentSyncModel.from_spec(options, weights)
-    raise NotImplementedError(f"model {name!r} is not available in this build")
+    from .wav2lip import Wav2LipModel
+
+    return Wav2LipModel.from_spec(spec.model, _required(weights, name))
+
+
+def _required(weights: Path | None, name: str) -> Path:
+    if weights is None:  # the spec's validator requires weights for these models
+        raise InvalidWeights(f"model {name!r} needs spec.model.weights", stage="model")
+    return weights
