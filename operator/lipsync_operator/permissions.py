@@ -38,6 +38,9 @@ KOPF_NEEDS: tuple[tuple[str, str, str, str], ...] = (
 OPERATOR_NEEDS: tuple[tuple[str, str, str, str], ...] = (
     ("lipsync.dev", "lipsyncjobs/status", "patch", "all status writes go through the subresource"),
     ("batch", "jobs", "create", "start the rendering Job"),
+    ("lipsync.dev", "lipsyncjobs/finalizers", "update",
+     "the Job's ownerReference sets blockOwnerDeletion, which the OwnerReferencesPermissionEnforcement "
+     "admission plugin (on in OpenShift) allows only with update on the owner's finalizers"),
     ("batch", "jobs", "get", "adopt an existing Job after a 409 (operator restart)"),
     ("batch", "jobs", "delete", "delete the Job when its LipSyncJob is deleted"),
     ("", "pods", "list", "find a Job's pods: progress (log tail), termination message, evictions"),
