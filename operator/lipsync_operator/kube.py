@@ -17,6 +17,7 @@ import asyncio
 import collections
 import functools
 import json
+import os
 from typing import Any, Awaitable, Callable, TypeVar
 
 import kubernetes
@@ -68,7 +69,8 @@ def load_client_config() -> kubernetes.client.Configuration:
     try:
         kubernetes.config.load_incluster_config(client_configuration=config)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=config)
+        kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                           client_configuration=config)
     config.connection_pool_maxsize = 16  # the to_thread workers share it
     return config
 

@@ -8,7 +8,9 @@ The test plays the Job controller and kubelet by writing Job status and pods thr
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,6 +21,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from kubesim import Cluster, rbac_of  # noqa: E402
 
 from lipsync_operator.permissions import RULES, allows  # noqa: E402
+
+# The kubernetes client fixes its default kubeconfig path from $KUBECONFIG when first imported
+# (and kopf's login uses that default), so the path is set once, here, and each test's emulated
+# server rewrites the file's content.
+KUBECONFIG = Path(tempfile.mkdtemp(prefix="lipsync-test-kube-")) / "config"
+os.environ["KUBECONFIG"] = str(KUBECONFIG)
 
 NS = "renders"
 OPERATOR_ENV = {
@@ -33,7 +41,10 @@ OPERATOR_ENV = {
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     c = Cluster()
-    monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig(tmp_path / "kubeconfig")))
+    c.kubeconfig(KUBECONFIG)
+    import kubernetes.config.kube_config as kc
+
+    assert kc.KUBE_CONFIG_DEFAULT_LOCATION == str(KUBECONFIG), "kubernetes was imported before conftest"
     for k in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
         monkeypatch.delenv(k, raising=False)
     for k, v in OPERATOR_ENV.items():

@@ -297,6 +297,33 @@ class Cluster:
             if tests or r.headers.get("User-Agent") != TEST_AGENT
         ])
 
+    def bodies(self, method: str, path: str) -> list[Any]:
+        """The parsed bodies of the operator's requests with this method and path."""
+        return self.in_loop(lambda: [
+            r.data for r in list(self.api)
+            if str(r.method.value if hasattr(r.method, "value") else r.method).upper() == method
+            and r.url.path == path and r.headers.get("User-Agent") != TEST_AGENT
+        ])
+
+    def history(self, resource: str, namespace: str, name: str) -> list[dict[str, Any] | None]:
+        """Every stored version of an object, oldest first (None: deleted)."""
+        def read() -> list[dict[str, Any] | None]:
+            key = (kmock.resource(resource), namespace, name)
+            if key not in self.api.objects:
+                return []
+            return [None if v is None else json.loads(json.dumps(v.raw))
+                    for v in self.api.objects[key].history]
+        return self.in_loop(read)
+
+    def phases(self, namespace: str, name: str) -> list[str]:
+        """The LipSyncJob's status.phase over its history, consecutive repeats folded."""
+        out: list[str] = []
+        for v in self.history(CRS, namespace, name):
+            phase = ((v or {}).get("status") or {}).get("phase")
+            if phase and (not out or out[-1] != phase):
+                out.append(phase)
+        return out
+
     def wait(self, what: Callable[[], Any], timeout: float = 15, every: float = 0.05,
              message: str = "condition") -> Any:
         deadline = time.monotonic() + timeout
