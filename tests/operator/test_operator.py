@@ -276,3 +276,24 @@ def test_delete_removes_the_job_in_background(cluster, run_operator):
         cluster.wait(lambda: cluster.get(CRS, NS, "gone") is None, message="the LipSyncJob gone")
     deletes = cluster.bodies("DELETE", f"{JOBS_PATH}/{job['metadata']['name']}")
     assert deletes and deletes[0]["propagationPolicy"] == "Background"
+
+
+def test_existing_job_is_adopted_on_conflict(cluster, run_operator):
+    """A Job of this name already exists but is not in the operator's index (here: made without
+    the managed-by label, as by an older operator): create answers 409, the operator reads it,
+    checks the owner and adopts it instead of failing or making another."""
+    from lipsync.spec import parse_job
+    from lipsync_operator.jobs import MANAGED_BY_LABEL, job_manifest
+    from lipsync_operator.settings import Settings
+
+    cr = cluster.create(CRS, lipsyncjob("old"))
+    manifest = job_manifest(parse_job({k: cr[k] for k in ("apiVersion", "kind", "spec")} | {
+        "metadata": {k: cr["metadata"][k] for k in ("name", "namespace", "uid")}}), Settings())
+    del manifest["metadata"]["labels"][MANAGED_BY_LABEL]
+    cluster.create(JOBS, manifest)
+    with run_operator():
+        st = wait_status(cluster, "old", phase="Pending")
+        time.sleep(0.3)
+    assert len(cluster.list(JOBS, NS)) == 1
+    assert len(cluster.bodies("POST", JOBS_PATH)) == 1  # tried once, got 409, adopted
+    assert manifest["metadata"]["name"] in st["message"]
