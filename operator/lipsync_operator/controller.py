@@ -172,30 +172,25 @@ class Controller:
         phase = new.get("phase")
         text = f"{phase}: {new.get('message') or ''}".strip(": ")
         try:
-            if phase == "Failed":
-                kopf.warn(obj, reason=new.get("reason") or "Failed", message=text)
-            else:
-                kopf.info(obj, reason=phase or "Updated", message=text)
+            # kopf.event, not kopf.info: posting.level (WARNING) keeps handler chatter out of Events.
+            kopf.event(obj, type="Warning" if phase == "Failed" else "Normal",
+                       reason=(new.get("reason") or "Failed") if phase == "Failed" else (phase or "Updated"),
+                       message=text)
         except Exception:  # pragma: no cover - Events are best effort
             log.exception("could not post an Event for %s/%s", *key)
 
     # ------------------------------------------------------------------ lifecycle
     async def accept(self, body: Mapping[str, Any]) -> None:
-        """On create/resume: validate; an invalid spec fails at once, a valid one gets Pending."""
+        """On create/resume: an invalid spec fails at once (no Job); a valid one is left to
+        :meth:`dispatch`, which writes Pending (Job created) or Queued in one status write."""
         key = self.remember(body)
         gen = (body.get("metadata") or {}).get("generation")
-        cur = self.statuses.get(key, {})
-        if cur.get("phase") in status.TERMINAL:
+        if self.statuses.get(key, {}).get("phase") in status.TERMINAL:
             return
         job, error = validate(body)
-        now = status.now_iso()
         if job is None:
+            now = status.now_iso()
             await self.write(key, lambda c: status.invalid(c, error or "invalid spec", gen, now))
-            return
-        if not cur.get("phase"):
-            await self.write(key, lambda c: status.build(
-                c, phase="Pending", generation=gen, now=now, progress=0,
-                message="accepted; deciding where it runs"))
 
     async def spec_changed(self, body: Mapping[str, Any]) -> None:
         """A spec edit: taken while nothing runs yet; refused (and said so) once a Job exists."""
@@ -205,8 +200,8 @@ class Controller:
         has_job = key in self.dispatcher.started or any(j.key == key for j in self._job_facts())
         if has_job or cur.get("phase") in ("Running", "Succeeded", "Failed"):
             self.rejected[key] = gen or 0
-            kopf.warn(ref(key[0], key[1], self.uids.get(key)), reason="SpecImmutable",
-                      message=status.IMMUTABLE_MESSAGE)
+            kopf.event(ref(key[0], key[1], self.uids.get(key)), type="Warning", reason="SpecImmutable",
+                       message=status.IMMUTABLE_MESSAGE)
             now = status.now_iso()
             await self.write(key, lambda c: status.build(
                 c, phase=c.get("phase") or "Pending", generation=gen, now=now,
@@ -289,8 +284,9 @@ class Controller:
         waited = seconds_between(c.created, status.now_iso())
         if waited is not None and verb == "created":
             self.metrics.wait.observe(waited)
-        kopf.info(ref(c.namespace, c.name, c.uid), reason="JobCreated" if verb == "created" else "JobAdopted",
-                  message=f"{verb} Job {name}" + (" (GPU)" if c.gpu else ""))
+        kopf.event(ref(c.namespace, c.name, c.uid), type="Normal",
+                   reason="JobCreated" if verb == "created" else "JobAdopted",
+                   message=f"{verb} Job {name}" + (" (GPU)" if c.gpu else ""))
         now = status.now_iso()
         await self.write(c.key, lambda s: status.from_job(s, job, [], generation=c.generation, now=now,
                                                            job_name=name))

@@ -45,7 +45,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="lipsync.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="lipsync.dev", key="last-handled-configuration")
-    # Events for transitions come from kopf.info/kopf.warn; handler chatter stays in the logs.
+    # Events for transitions come from kopf.event (controller.py); handler chatter stays in the logs.
     settings.posting.level = logging.WARNING
     settings.watching.label_selectors["batch", "jobs"] = f"{jobs.MANAGED_BY_LABEL}={jobs.MANAGED_BY}"
     ops = Settings.from_env()

@@ -31,7 +31,7 @@ KOPF_NEEDS: tuple[tuple[str, str, str, str], ...] = (
      "kopf merge-patches its finalizer and its annotations (handler progress, last-handled spec)"),
     ("batch", "jobs", "list", "kopf lists Jobs for the owned-Job index and event handler"),
     ("batch", "jobs", "watch", "kopf watches Jobs for the owned-Job index and event handler"),
-    ("", "events", "create", "kopf.info/kopf.warn post Kubernetes Events on each transition"),
+    ("", "events", "create", "kopf.event posts a Kubernetes Event on each phase transition"),
 )
 
 # The operator's own calls: must equal lipsync_operator.kube.declared_access() (tested).

@@ -37,8 +37,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, NamedTuple
 
 import jsonpatch
 import kmock
@@ -66,6 +67,14 @@ LOG_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/lo
 
 def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Served(NamedTuple):
+    method: str
+    path: str
+    params: dict[str, str]
+    agent: str
+    data: Any
 
 
 class _RecordingBus(aiobus.Bus):
@@ -105,21 +114,33 @@ class ApiServer(kmock.KubernetesEmulator):
         self.events_changed = asyncio.Condition()
         self._write_lock = asyncio.Lock()
         self._buses = _Buses(self)
+        self.log: list[Served] = []
+        self._inflight: set[Any] = set()
 
     async def _handle(self, request: Any) -> Any:
-        writes = request.resource is not None and request.action in (
-            enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
-        if not writes:
-            return await super()._handle(request)
-        # One write at a time, so resourceVersions, stored versions and watch events share one order.
-        async with self._write_lock:
-            self.last_rv += 1
-            self._stamp(request, str(self.last_rv))
-            try:
+        # kmock matches each request against its reactions by scanning every request it ever
+        # served (O(n) per request): keep only those still in flight there, and our own log here.
+        method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
+        self.log.append(Served(method, request.url.path, dict(request.params),
+                               request.headers.get("User-Agent", ""), request.data))
+        self._inflight.add(request)
+        self._requests[:] = [r for r in self._requests if r in self._inflight]
+        try:
+            writes = request.resource is not None and request.action in (
+                enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
+            if not writes:
                 return await super()._handle(request)
-            except jsonpatch.JsonPatchTestFailed as e:
-                # A failed JSON-patch "test" (kopf's resourceVersion guard) is a 422 on a real server.
-                raise KubernetesError(status=422, reason="Invalid", message=f"test operation failed: {e}") from None
+            # One write at a time, so resourceVersions, stored versions and watch events share one order.
+            async with self._write_lock:
+                self.last_rv += 1
+                self._stamp(request, str(self.last_rv))
+                try:
+                    return await super()._handle(request)
+                except jsonpatch.JsonPatchTestFailed as e:
+                    # A failed JSON-patch "test" (kopf's resourceVersion guard) is a 422 on a real server.
+                    raise KubernetesError(status=422, reason="Invalid", message=f"test operation failed: {e}") from None
+        finally:
+            self._inflight.discard(request)
 
     def _stamp(self, request: Any, rv: str) -> None:
         data = request.data
@@ -142,6 +163,33 @@ class ApiServer(kmock.KubernetesEmulator):
                     meta["generation"] = int(self.objects[key].get("metadata", {}).get("generation", 1)) + 1
         elif request.action == enums.action.UPDATE and isinstance(data, list):
             data.append({"op": "add", "path": "/metadata/resourceVersion", "value": rv})
+
+    # kmock finds an object by scanning all objects (O(n) per request, O(n^2) for a benchmark of
+    # hundreds); a real server looks it up by key. Same answers, by key.
+    def _one(self, request: Any, namespace: str | None = None, name: str | None = None) -> Any:
+        key = (request.resource, namespace or request.namespace, name or request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            raise KubernetesError(status=404, reason="NotFound", message=f"{key[2]!r} not found")
+        return self.objects[key]
+
+    async def _serve_fetch(self, request: Any) -> Any:
+        return self._one(request).raw
+
+    async def _serve_create(self, request: Any) -> Any:
+        meta = request.data.get("metadata", {})
+        return self._one(request, meta.get("namespace"), meta.get("name")).raw
+
+    async def _serve_update(self, request: Any) -> Any:
+        return self._one_any(request).last.raw
+
+    async def _serve_delete(self, request: Any) -> Any:
+        return self._one_any(request).last.raw
+
+    def _one_any(self, request: Any) -> Any:  # just updated or just deleted: the last version
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects:
+            raise KubernetesError(status=404, reason="NotFound", message=f"{key[2]!r} not found")
+        return self.objects[key]
 
     async def _serve_list(self, request: Any) -> Any:
         rv = self.last_rv  # before listing: a write racing the list is re-sent by the watch (harmless)
@@ -197,7 +245,9 @@ class Cluster:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         async with ApiServer() as api, kmock.Server(api) as server:
-            api.resources.load_bundled()  # the built-in API groups, as a real server lists them
+            with warnings.catch_warnings():  # kmock's importlib.resources.read_binary
+                warnings.simplefilter("ignore", DeprecationWarning)
+                api.resources.load_bundled()  # the built-in API groups, as a real server lists them
             for res, info in RESOURCES.items():
                 api.resources[res] = info
             api["get", re.compile(LOG_PATH.pattern)] << self._serve_log
@@ -291,19 +341,13 @@ class Cluster:
     # ------------------------------------------------------------------ recorded traffic
     def requests(self, *, tests: bool = False) -> list[tuple[str, str, dict[str, str]]]:
         """(method, path, query) of every request served so far (the operator's; with ``tests``, all)."""
-        return self.in_loop(lambda: [
-            (str(r.method.value if hasattr(r.method, "value") else r.method).upper(), r.url.path, dict(r.params))
-            for r in list(self.api)
-            if tests or r.headers.get("User-Agent") != TEST_AGENT
-        ])
+        return self.in_loop(lambda: [(r.method, r.path, r.params) for r in self.api.log
+                                     if tests or r.agent != TEST_AGENT])
 
     def bodies(self, method: str, path: str) -> list[Any]:
         """The parsed bodies of the operator's requests with this method and path."""
-        return self.in_loop(lambda: [
-            r.data for r in list(self.api)
-            if str(r.method.value if hasattr(r.method, "value") else r.method).upper() == method
-            and r.url.path == path and r.headers.get("User-Agent") != TEST_AGENT
-        ])
+        return self.in_loop(lambda: [r.data for r in self.api.log
+                                     if r.method == method and r.path == path and r.agent != TEST_AGENT])
 
     def history(self, resource: str, namespace: str, name: str) -> list[dict[str, Any] | None]:
         """Every stored version of an object, oldest first (None: deleted)."""

@@ -106,6 +106,12 @@ def test_progress_and_completion_in_order(cluster, run_operator):
         end_pod(cluster, pod, exit_code=0, message=result_json(name="talk-2"))
         finish_job(cluster, job, ok=True)
         st = wait_status(cluster, "talk-2", phase="Succeeded")
+        events = cluster.wait(lambda: [
+            (e["type"], e["reason"]) for e in cluster.bodies("POST", f"/api/v1/namespaces/{NS}/events")
+            if e["involvedObject"]["name"] == "talk-2"] if len(cluster.bodies(
+                "POST", f"/api/v1/namespaces/{NS}/events")) >= 4 else None, message="Events")
+    assert events == [("Normal", "JobCreated"), ("Normal", "Pending"), ("Normal", "Running"),
+                      ("Normal", "Succeeded")]
     assert st["progress"] == 100
     assert st["artifacts"]["video"] == "s3://media/out/talk-2/output.mp4"
     assert st["finishedAt"] and st["startedAt"] and "reason" not in st
@@ -292,8 +298,9 @@ def test_existing_job_is_adopted_on_conflict(cluster, run_operator):
     del manifest["metadata"]["labels"][MANAGED_BY_LABEL]
     cluster.create(JOBS, manifest)
     with run_operator():
-        st = wait_status(cluster, "old", phase="Pending")
+        st = cluster.wait(lambda: manifest["metadata"]["name"] in (status_of(cluster, "old").get("message") or "")
+                          and status_of(cluster, "old"), message="the adopted Job in the status")
         time.sleep(0.3)
     assert len(cluster.list(JOBS, NS)) == 1
     assert len(cluster.bodies("POST", JOBS_PATH)) == 1  # tried once, got 409, adopted
-    assert manifest["metadata"]["name"] in st["message"]
+    assert st["phase"] == "Pending"
