@@ -47,3 +47,21 @@ def test_bad_values_name_the_variable(env, named):
 
 def test_empty_means_unset():
     assert Settings.from_env({"LIPSYNC_KUEUE_QUEUE": " ", "LIPSYNC_GPU_BUDGET": ""}) == Settings()
+
+
+def test_console_script_fails_fast_naming_the_variable(monkeypatch, capsys):
+    from lipsync_operator import main
+
+    monkeypatch.setenv("LIPSYNC_TOLERATIONS", "nope")
+    with pytest.raises(SystemExit) as e:
+        main.main([])
+    assert e.value.code == 2 and "LIPSYNC_TOLERATIONS" in capsys.readouterr().err
+
+
+def test_console_script_runs_kopf_standalone_clusterwide_json_with_liveness():
+    from lipsync_operator.main import kopf_args
+
+    args = kopf_args(["--verbose"])
+    assert args[0] == "run" and "--standalone" in args and "--all-namespaces" in args
+    assert "--log-format=json" in args and "--liveness=http://0.0.0.0:8080/healthz" in args
+    assert args[args.index("-m") + 1] == "lipsync_operator.handlers" and args[-1] == "--verbose"
