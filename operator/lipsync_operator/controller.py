@@ -157,10 +157,17 @@ class Controller:
             patch = status.merge_patch(cur, new)
             if not patch:
                 return cur
-            if await self.kube.patch_status(key[0], key[1], patch) is None:
+            # The cache says what is being written before the request returns, so a dispatch that
+            # runs meanwhile already sees e.g. a Failed phase and does not start a Job for it.
+            self.statuses[key] = new
+            try:
+                written = await self.kube.patch_status(key[0], key[1], patch)
+            except BaseException:
+                self.statuses[key] = cur
+                raise
+            if written is None:  # the LipSyncJob is gone
                 self.statuses.pop(key, None)
                 return None
-            self.statuses[key] = new
         if new.get("phase") != cur.get("phase"):
             self.metrics.transition(cur, new)
             if event:
@@ -238,7 +245,8 @@ class Controller:
         async with self.dispatcher.lock:
             jobs = self._job_facts()
             self.dispatcher.seen(jobs)
-            cands = [c for c in self._candidates() if c.key not in self.deleting]
+            cands = [c for c in self._candidates() if c.key not in self.deleting
+                     and self.statuses.get(c.key, {}).get("phase") not in status.TERMINAL]
             plan = queue.plan(cands, jobs, budget=self.settings.gpu_budget,
                               in_flight=self.dispatcher.started.values(),
                               kueue=bool(self.settings.kueue_queue))

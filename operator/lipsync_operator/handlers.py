@@ -97,8 +97,9 @@ def _ctl(memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index) -> 
 
 
 # ---------------------------------------------------------------------------- LipSyncJobs
-@kopf.on.resume(*CR)
-@kopf.on.create(*CR)
+# backoff: a failed call (API server hiccup) is retried in seconds, not kopf's default minute.
+@kopf.on.resume(*CR, backoff=5)
+@kopf.on.create(*CR, backoff=5)
 async def created(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index,
                   **_: Any) -> None:
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
@@ -106,7 +107,7 @@ async def created(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index,
     await ctl.dispatch()
 
 
-@kopf.on.update(*CR, field="spec")
+@kopf.on.update(*CR, field="spec", backoff=5)
 async def spec_changed(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index,
                        **_: Any) -> None:
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
@@ -114,7 +115,7 @@ async def spec_changed(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.I
     await ctl.dispatch()
 
 
-@kopf.on.delete(*CR)
+@kopf.on.delete(*CR, backoff=5)
 async def deleted(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index,
                   **_: Any) -> None:
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)

@@ -37,9 +37,10 @@ class Candidate:
     valid: bool = True
     finished: bool = False  # phase Succeeded/Failed
     deleting: bool = False
-    phase: str | None = dataclasses.field(default=None, compare=False)
-    generation: int | None = dataclasses.field(default=None, compare=False)
-    job: Any = dataclasses.field(default=None, compare=False, repr=False)  # the parsed LipSyncJob
+    # Every field takes part in ==: kopf replaces an index value only when the new one differs.
+    phase: str | None = None
+    generation: int | None = None
+    job: Any = dataclasses.field(default=None, hash=False, repr=False)  # the parsed LipSyncJob
 
     @property
     def key(self) -> Key:

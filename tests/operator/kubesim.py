@@ -7,7 +7,7 @@ this module adds (kmock's docs invite subclassing for "special" fields):
 
 * watches that start after ``?resourceVersion=`` (kmock replays every object as ADDED, so a
   LIST-then-WATCH client such as kopf would see each object twice, the second time stale);
-* server-managed metadata: ``uid``, ``creationTimestamp``, ``generation`` (bumped on spec
+* server-managed metadata: ``metadata.generateName``, ``uid``, ``creationTimestamp``, ``generation`` (bumped on spec
   changes) and ``resourceVersion`` (bumped on every write, so kopf's JSON-patch ``test`` of the
   resourceVersion, which guards its finalizer changes, behaves as on a real server);
 * a failed JSON-patch ``test`` answers 422, as a real server does (kmock: 500), so kopf
@@ -146,6 +146,8 @@ class ApiServer(kmock.KubernetesEmulator):
         data = request.data
         if request.action == enums.action.CREATE and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
+            if not meta.get("name") and meta.get("generateName"):  # kopf's Events use generateName
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", now_iso())
             meta.setdefault("generation", 1)

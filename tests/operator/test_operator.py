@@ -304,3 +304,33 @@ def test_existing_job_is_adopted_on_conflict(cluster, run_operator):
     assert len(cluster.list(JOBS, NS)) == 1
     assert len(cluster.bodies("POST", JOBS_PATH)) == 1  # tried once, got 409, adopted
     assert st["phase"] == "Pending"
+
+
+def test_spec_edit_while_queued_is_taken(cluster, run_operator):
+    with run_operator(LIPSYNC_GPU_BUDGET="1"):
+        first = cluster.create(CRS, lipsyncjob("e-1"))
+        second = cluster.create(CRS, lipsyncjob("e-2"))
+        job1 = the_job(cluster, first)
+        wait_status(cluster, "e-2", phase="Queued")
+        cluster.patch(CRS, NS, "e-2", {"spec": {"output": {"uri": "s3://media/out/edited"}}})
+        time.sleep(0.3)
+        assert "immutable" not in (status_of(cluster, "e-2").get("message") or "")
+        pod = start_pod(cluster, job1)
+        end_pod(cluster, pod, exit_code=0, message=result_json(name="e-1"))
+        finish_job(cluster, job1, ok=True)
+        job2 = the_job(cluster, second)
+    env = {e["name"]: e.get("value") for e in job2["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env["LIPSYNC_JOB"])["spec"]["output"]["uri"] == "s3://media/out/edited"
+
+
+def test_job_deleted_under_a_running_render_fails_it_without_a_new_job(cluster, run_operator):
+    with run_operator():
+        cr = cluster.create(CRS, lipsyncjob("orphan"))
+        job = the_job(cluster, cr)
+        start_pod(cluster, job)
+        wait_status(cluster, "orphan", phase="Running")
+        cluster.delete(JOBS, NS, job["metadata"]["name"])
+        st = wait_status(cluster, "orphan", phase="Failed")
+        time.sleep(0.5)
+        assert cluster.list(JOBS, NS) == []
+    assert st["reason"] == "JobDeleted" and "delete and re-apply" in st["message"]
