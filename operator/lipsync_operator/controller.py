@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 from typing import Any, Callable, Iterable, Mapping
 
@@ -87,6 +88,14 @@ def job_fact(body: Mapping[str, Any]) -> queue.JobFact | None:
         gpu=labels.get(jobs_mod.GPU_LABEL) == "true",
         finished=status.job_finished(body) is not None,
     )
+
+
+def _api_message(body: str) -> str:
+    """The ``message`` of a Kubernetes Status error body, else the body's start."""
+    try:
+        return str(json.loads(body).get("message") or body)[:300]
+    except (ValueError, AttributeError):
+        return (body or "")[:300]
 
 
 def ref(namespace: str, name: str, uid: str | None) -> dict[str, Any]:
@@ -195,9 +204,13 @@ class Controller:
         if self.statuses.get(key, {}).get("phase") in status.TERMINAL:
             return
         job, error = validate(body)
+        now = status.now_iso()
         if job is None:
-            now = status.now_iso()
             await self.write(key, lambda c: status.invalid(c, error or "invalid spec", gen, now))
+        elif self.statuses.get(key, {}).get("phase") and self.statuses[key].get("observedGeneration") != gen:
+            # An accepted edit (still waiting): say the new generation was seen.
+            await self.write(key, lambda c: status.build(
+                c, phase=c["phase"], reason=c.get("reason"), message=c.get("message"), generation=gen, now=now))
 
     async def spec_changed(self, body: Mapping[str, Any]) -> None:
         """A spec edit: taken while nothing runs yet; refused (and said so) once a Job exists."""
@@ -286,7 +299,16 @@ class Controller:
                         raise RuntimeError(f"Job {name} exists but is not this LipSyncJob's (yet)")
         except Exception as e:
             self.dispatcher.forget(c.key)
-            log.warning("could not start %s/%s: %s (retried on the next dispatch)", c.namespace, c.name, e)
+            why = f"{e.status} {e.reason}: {_api_message(e.body)}" if isinstance(e, KubeError) else str(e)
+            log.warning("could not start %s/%s: %s (retried on the next dispatch)", c.namespace, c.name, why)
+            self.uids.setdefault(c.key, c.uid)
+            now = status.now_iso()
+            written = await self.write(c.key, lambda s: status.build(
+                s, phase="Pending", reason="JobCreateFailed", generation=c.generation, now=now,
+                message=f"could not create Job {name}: {why}; retrying"), event=False)
+            if written is not None and written.get("reason") == "JobCreateFailed":
+                kopf.event(ref(c.namespace, c.name, c.uid), type="Warning", reason="JobCreateFailed",
+                           message=f"could not create Job {name}: {why}")
             return
         self.uids.setdefault(c.key, c.uid)
         waited = seconds_between(c.created, status.now_iso())

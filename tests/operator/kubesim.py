@@ -27,6 +27,7 @@ The test thread talks to it with blocking helpers (``create``, ``get``, ``patch`
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import itertools
 import json
@@ -116,6 +117,7 @@ class ApiServer(kmock.KubernetesEmulator):
         self._buses = _Buses(self)
         self.log: list[Served] = []
         self._inflight: set[Any] = set()
+        self.refusals: dict[tuple[str, str], list[KubernetesError]] = collections.defaultdict(list)
 
     async def _handle(self, request: Any) -> Any:
         # kmock matches each request against its reactions by scanning every request it ever
@@ -125,6 +127,10 @@ class ApiServer(kmock.KubernetesEmulator):
                                request.headers.get("User-Agent", ""), request.data))
         self._inflight.add(request)
         self._requests[:] = [r for r in self._requests if r in self._inflight]
+        refusals = self.refusals.get((method, request.url.path))
+        if refusals:  # an error the test asked for, before anything is stored
+            self._inflight.discard(request)
+            raise refusals.pop(0)
         try:
             writes = request.resource is not None and request.action in (
                 enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
@@ -345,6 +351,11 @@ class Cluster:
         """(method, path, query) of every request served so far (the operator's; with ``tests``, all)."""
         return self.in_loop(lambda: [(r.method, r.path, r.params) for r in self.api.log
                                      if tests or r.agent != TEST_AGENT])
+
+    def refuse(self, method: str, path: str, *, status: int, message: str, times: int = 1) -> None:
+        """Answer the next ``times`` such requests with an error (e.g. a ResourceQuota's 403)."""
+        err = KubernetesError(status=status, reason="Forbidden" if status == 403 else "Error", message=message)
+        self.in_loop(lambda: self.api.refusals[method.upper(), path].extend([err] * times))
 
     def bodies(self, method: str, path: str) -> list[Any]:
         """The parsed bodies of the operator's requests with this method and path."""

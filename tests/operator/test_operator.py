@@ -266,6 +266,7 @@ def test_spec_change_after_start_is_refused(cluster, run_operator):
         cluster.patch(CRS, NS, "fixed", {"spec": {"output": {"uri": "s3://media/out/elsewhere"}}})
         st = cluster.wait(lambda: "immutable" in (status_of(cluster, "fixed").get("message") or "")
                           and status_of(cluster, "fixed"), message="the immutability message")
+        assert cluster.get(JOBS, NS, job["metadata"]["name"])["spec"] == job["spec"]
     assert st["message"].startswith("spec is immutable once rendering started: delete and re-apply")
     assert st["observedGeneration"] == 2
     assert cluster.get(JOBS, NS, job["metadata"]["name"])["spec"] == job["spec"]
@@ -313,8 +314,8 @@ def test_spec_edit_while_queued_is_taken(cluster, run_operator):
         job1 = the_job(cluster, first)
         wait_status(cluster, "e-2", phase="Queued")
         cluster.patch(CRS, NS, "e-2", {"spec": {"output": {"uri": "s3://media/out/edited"}}})
-        time.sleep(0.3)
-        assert "immutable" not in (status_of(cluster, "e-2").get("message") or "")
+        st = wait_status(cluster, "e-2", observedGeneration=2)
+        assert st["phase"] == "Queued" and "immutable" not in st["message"]
         pod = start_pod(cluster, job1)
         end_pod(cluster, pod, exit_code=0, message=result_json(name="e-1"))
         finish_job(cluster, job1, ok=True)
@@ -334,3 +335,16 @@ def test_job_deleted_under_a_running_render_fails_it_without_a_new_job(cluster, 
         time.sleep(0.5)
         assert cluster.list(JOBS, NS) == []
     assert st["reason"] == "JobDeleted" and "delete and re-apply" in st["message"]
+
+
+def test_refused_job_creation_is_reported_and_retried(cluster, run_operator):
+    cluster.refuse("POST", JOBS_PATH, status=403, times=1,
+                   message='jobs "x" is forbidden: exceeded quota: gpu, requested: requests.nvidia.com/gpu=1')
+    with run_operator():
+        cr = cluster.create(CRS, lipsyncjob("quota"))
+        st = wait_status(cluster, "quota", reason="JobCreateFailed")
+        assert st["phase"] == "Pending" and "exceeded quota" in st["message"]
+        the_job(cluster, cr)  # the safety-net dispatch (every 5 s) tries again
+        st = cluster.wait(lambda: status_of(cluster, "quota").get("reason") is None and status_of(cluster, "quota"),
+                          message="the error cleared")
+    assert st["phase"] == "Pending" and "created" in st["message"]
