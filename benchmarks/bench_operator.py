@@ -176,7 +176,8 @@ def main() -> None:
         total_jobs = len([j for j in cluster.list(JOBS, NS) if j["metadata"]["name"].startswith("lipsync-burst-")])
         print(f"\n3. drained {done} renders one slot at a time in {t_drain:.1f} s "
               f"({t_drain / max(done, 1) * 1000:.0f} ms each, including the benchmark's own polling); "
-              f"GPU Jobs created so far {total_jobs} (= {done} finished + {args.budget} running)")
+              f"GPU Jobs created so far {total_jobs} ({done} finished, the rest running; never more "
+              f"than {args.budget} unfinished)")
         print(f"  memory: {memory(proc.pid)}")
         calls, mark = count_calls(cluster, mark)
         report_calls("drain phase", calls, done)

@@ -23,7 +23,7 @@ import asyncio
 import collections
 import json
 import logging
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import kopf
 
@@ -375,6 +375,3 @@ class Controller:
         pct, stage = found
         await self.write(key, lambda s: status.with_progress(s, pct, stage))
 
-
-def index_values(index: Any) -> Iterable[Any]:  # pragma: no cover - helper for debugging
-    return [v for store in (index or {}).values() for v in store]

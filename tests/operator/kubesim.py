@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
-import itertools
 import json
 import logging
 import re
