@@ -348,3 +348,50 @@ def test_refused_job_creation_is_reported_and_retried(cluster, run_operator):
         st = cluster.wait(lambda: status_of(cluster, "quota").get("reason") is None and status_of(cluster, "quota"),
                           message="the error cleared")
     assert st["phase"] == "Pending" and "created" in st["message"]
+
+
+def test_transient_failure_is_retried_then_fails_with_its_reason(cluster, run_operator):
+    code = REASONS["StorageUnavailable"].exit_code
+    assert code not in PERMANENT_EXIT_CODES
+    with run_operator():
+        cr = cluster.create(CRS, lipsyncjob("flaky"))
+        job = the_job(cluster, cr)
+        pod1 = start_pod(cluster, job, attempt=1)
+        wait_status(cluster, "flaky", phase="Running")
+        end_pod(cluster, pod1, exit_code=code, message=result_json("Failed", "StorageUnavailable", "S3 answered 503"))
+        cluster.patch(JOBS, NS, job["metadata"]["name"], {"status": {"failed": 1, "ready": 0}}, sub="status")
+        st = cluster.wait(lambda: "StorageUnavailable" in (status_of(cluster, "flaky").get("message") or "")
+                          and status_of(cluster, "flaky"), message="the retry note")
+        assert st["phase"] in ("Running", "Pending") and "retrying" in st["message"]
+        pod2 = start_pod(cluster, job, attempt=2)
+        end_pod(cluster, pod2, exit_code=code, message=result_json("Failed", "StorageUnavailable", "S3 answered 503 again"))
+        finish_job(cluster, job, ok=False, reason="BackoffLimitExceeded", message="Job has reached the specified backoff limit", failed=2)
+        st = wait_status(cluster, "flaky", phase="Failed")
+    assert st["reason"] == "StorageUnavailable" and "again" in st["message"]
+    assert len(cluster.list(JOBS, NS)) == 1
+
+
+def test_kueue_admission_unsuspends_into_running(cluster, run_operator):
+    with run_operator(LIPSYNC_KUEUE_QUEUE="gpu-queue"):
+        cr = cluster.create(CRS, lipsyncjob("admitted"))
+        job = the_job(cluster, cr)
+        wait_status(cluster, "admitted", phase="Queued", reason="WaitingForKueue")
+        cluster.patch(JOBS, NS, job["metadata"]["name"], {"spec": {"suspend": False}})  # Kueue admits
+        wait_status(cluster, "admitted", phase="Pending")
+        start_pod(cluster, job)
+        wait_status(cluster, "admitted", phase="Running")
+    assert cluster.phases(NS, "admitted") == ["Queued", "Pending", "Running"]
+
+
+def test_deleting_a_running_job_frees_its_slot_for_the_next(cluster, run_operator):
+    with run_operator(LIPSYNC_GPU_BUDGET="1"):
+        first = cluster.create(CRS, lipsyncjob("d-1"))
+        time.sleep(0.01)
+        second = cluster.create(CRS, lipsyncjob("d-2"))
+        job1 = the_job(cluster, first)
+        wait_status(cluster, "d-2", phase="Queued")
+        cluster.delete(CRS, NS, "d-1")
+        cluster.wait(lambda: cluster.get(JOBS, NS, job1["metadata"]["name"]) is None, message="d-1's Job deleted")
+        the_job(cluster, second)
+        wait_status(cluster, "d-2", phase="Pending")
+    assert [j["metadata"]["name"] for j in cluster.list(JOBS, NS)] == [job_name("d-2", second["metadata"]["uid"])]
