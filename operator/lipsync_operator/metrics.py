@@ -1,7 +1,7 @@
 """Prometheus metrics on ``LIPSYNC_METRICS_PORT`` (0 turns the endpoint off).
 
-``prometheus_client`` (the reference client) renders the text format and serves it from a
-thread; counts that the operator already knows (LipSyncJobs by phase, queue length, GPU Jobs,
+``prometheus_client`` (the reference client; without it the operator runs, with a warning and
+no endpoint) renders the text format and serves it from a thread; counts that the operator already knows (LipSyncJobs by phase, queue length, GPU Jobs,
 API calls) are read at scrape time by a collector, so they cannot drift from the state.
 
 * ``lipsync_jobs{phase}``                       LipSyncJobs this operator knows, by phase
@@ -17,11 +17,16 @@ API calls) are read at scrape time by a collector, so they cannot drift from the
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Iterator
+import logging
+from typing import TYPE_CHECKING, Any, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+try:  # the operator runs without it (no endpoint, a warning) until it is a declared dependency
+    from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector
+except ImportError:  # pragma: no cover - exercised only where prometheus_client is absent
+    CollectorRegistry = None  # type: ignore[assignment,misc]
+    Collector = object  # type: ignore[assignment,misc]
 
 if TYPE_CHECKING:
     from .controller import Controller
@@ -62,10 +67,26 @@ class _StateCollector(Collector):
         yield calls
 
 
+class _Nothing:
+    def labels(self, *_: Any) -> "_Nothing":
+        return self
+
+    def observe(self, *_: Any) -> None:
+        pass
+
+    def inc(self, *_: Any) -> None:
+        pass
+
+
 class Metrics:
     """One registry per operator run (tests start several operators in one process)."""
 
     def __init__(self, ctl: "Controller") -> None:
+        self._server = None
+        if CollectorRegistry is None:
+            self.registry = None
+            self.duration = self.wait = self.transitions = _Nothing()
+            return
         self.registry = CollectorRegistry()
         self.registry.register(_StateCollector(ctl))
         self.duration = Histogram("lipsync_job_duration_seconds", "Render time, startedAt to finishedAt",
@@ -74,10 +95,12 @@ class Metrics:
                               buckets=_BUCKETS, registry=self.registry)
         self.transitions = Counter("lipsync_transitions", "Status phase transitions written", ["phase"],
                                    registry=self.registry)
-        self._server = None
 
     def serve(self, port: int) -> None:
-        if port:
+        if port and self.registry is None:
+            logging.getLogger("lipsync_operator").warning(
+                "LIPSYNC_METRICS_PORT=%s but prometheus_client is not installed: no metrics endpoint", port)
+        elif port:
             self._server, _ = start_http_server(port, registry=self.registry)
 
     def stop(self) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import socket
 import urllib.request
 
+import pytest
+
 from lipsync_operator.metrics import Metrics, seconds_between
+
+pytest.importorskip("prometheus_client")
 
 
 class FakeController:
