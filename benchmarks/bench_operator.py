@@ -35,19 +35,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests" / "operator"), str(ROOT / "runner"), str(ROOT / "operator")]
 
+import kubesim  # noqa: E402
 from kubesim import CRS, JOBS, Cluster, end_pod, finish_job, rbac_of, start_pod  # noqa: E402
 
 NS = "bench"
 
 
 def lipsyncjob(name: str, model: dict | None = None) -> dict:
-    return {
-        "apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"video": "s3://media/in/face.mp4", "audio": "s3://media/in/speech.wav",
-                 "model": model or {"name": "wav2lip", "weights": "s3://models/wav2lip_gan.pth"},
-                 "output": {"uri": f"s3://media/out/{name}"}},
-    }
+    return kubesim.lipsyncjob(name, model=model, namespace=NS)
 
 
 def free_port() -> int:

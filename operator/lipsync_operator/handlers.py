@@ -4,6 +4,7 @@
 event                               action
 =================================== ========================================================
 startup                             kopf settings; the controller; the metrics endpoint
+login                               the same credentials as the operator's own client
 LipSyncJob index / Job index        what the queue sees (filled before any handler runs)
 LipSyncJob created / resumed        validate (invalid → Failed, no Job); dispatch
 LipSyncJob spec edited              accepted while nothing runs; refused once a Job exists
@@ -27,7 +28,7 @@ from lipsync.spec import API_GROUP, PLURAL
 
 from . import jobs
 from .controller import Controller, candidate, job_fact
-from .kube import Kube
+from .kube import Kube, connection_info
 from .settings import Settings
 
 VERSION = "v1alpha1"
@@ -55,6 +56,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     memo.safety_net = asyncio.create_task(_redispatch_forever(ctl, max(5.0, ops.progress_interval)))
     logger.info("lipsync-operator: GPU budget %s, kueue %s, image %s",
                 ops.gpu_budget, ops.kueue_queue or "off", ops.runner_image)
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """In-cluster service account, else ``$KUBECONFIG``: the same credentials as ``kube.Kube``."""
+    return kopf.ConnectionInfo(**connection_info())
 
 
 async def _redispatch_forever(ctl: Controller, every: float) -> None:

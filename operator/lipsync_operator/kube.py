@@ -75,6 +75,24 @@ def load_client_config() -> kubernetes.client.Configuration:
     return config
 
 
+def connection_info(config: kubernetes.client.Configuration | None = None) -> dict[str, Any]:
+    """kopf's ConnectionInfo fields from the same client configuration the operator uses.
+
+    So kopf and the operator authenticate the same way, and ``$KUBECONFIG`` is read when the
+    operator logs in (kopf's own ``login_via_client`` uses the client's default path, which the
+    ``kubernetes`` package fixes from ``$KUBECONFIG`` when it is first imported).
+    """
+    config = config or load_client_config()
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return dict(
+        server=config.host, ca_path=config.ssl_ca_cert, insecure=not config.verify_ssl,
+        username=config.username or None, password=config.password or None, scheme=scheme, token=token,
+        certificate_path=config.cert_file, private_key_path=config.key_file,
+    )
+
+
 class Kube:
     """Async facade over ``kubernetes.client.ApiClient``; one instance per operator process."""
 

@@ -8,9 +8,7 @@ The test plays the Job controller and kubelet by writing Job status and pods thr
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -18,20 +16,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from kubesim import Cluster, rbac_of  # noqa: E402
+from kubesim import OBSERVED, Cluster, rbac_of  # noqa: E402
 
 from lipsync_operator.permissions import RULES, allows  # noqa: E402
-
-# The kubernetes client fixes its default kubeconfig path from $KUBECONFIG when first imported
-# (and kopf's login uses that default), so the path is set once, here, and each test's emulated
-# server rewrites the file's content.
-KUBECONFIG = Path(tempfile.mkdtemp(prefix="lipsync-test-kube-")) / "config"
-os.environ["KUBECONFIG"] = str(KUBECONFIG)
-
-NS = "renders"
-# (apiGroup, resource, verb) of every request the operator made in this session's e2e tests;
-# test_permissions checks that each declared rule was needed by at least one.
-OBSERVED: set[tuple[str, str, str]] = set()
 
 OPERATOR_ENV = {
     "LIPSYNC_RUNNER_IMAGE": "registry.example/lipsync:test",
@@ -45,10 +32,7 @@ OPERATOR_ENV = {
 @pytest.fixture
 def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     c = Cluster()
-    c.kubeconfig(KUBECONFIG)
-    import kubernetes.config.kube_config as kc
-
-    assert kc.KUBE_CONFIG_DEFAULT_LOCATION == str(KUBECONFIG), "kubernetes was imported before conftest"
+    monkeypatch.setenv("KUBECONFIG", str(c.kubeconfig(tmp_path / "kubeconfig")))
     for k in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
         monkeypatch.delenv(k, raising=False)
     for k, v in OPERATOR_ENV.items():
@@ -87,18 +71,3 @@ def run_operator(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Callable[
 
     return run
 
-
-def lipsyncjob(name: str, *, model: dict | None = None, **spec: Any) -> dict[str, Any]:
-    body = {
-        "apiVersion": "lipsync.dev/v1alpha1",
-        "kind": "LipSyncJob",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "video": "s3://media/in/face.mp4",
-            "audio": "s3://media/in/speech.wav",
-            "model": model or {"name": "wav2lip", "weights": "s3://models/wav2lip_gan.pth"},
-            "output": {"uri": f"s3://media/out/{name}"},
-            **spec,
-        },
-    }
-    return body

@@ -417,6 +417,29 @@ def rbac_of(method: str, path: str, query: dict[str, str]) -> tuple[str, str, st
     return group, resource, verb
 
 
+# ---------------------------------------------------------------------------- test data
+NS = "renders"
+
+# (apiGroup, resource, verb) of every request the operator made in this session's e2e tests
+# (filled by conftest's ``cluster`` fixture); test_permissions checks that each rule was needed.
+OBSERVED: set[tuple[str, str, str]] = set()
+
+
+def lipsyncjob(name: str, *, model: dict | None = None, namespace: str = NS, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "lipsync.dev/v1alpha1",
+        "kind": "LipSyncJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "video": "s3://media/in/face.mp4",
+            "audio": "s3://media/in/speech.wav",
+            "model": model or {"name": "wav2lip", "weights": "s3://models/wav2lip_gan.pth"},
+            "output": {"uri": f"s3://media/out/{name}"},
+            **spec,
+        },
+    }
+
+
 # ---------------------------------------------------------------------------- the Job controller's part
 JOBS = "batch/v1/jobs"
 PODS = "v1/pods"

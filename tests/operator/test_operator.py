@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import NS, lipsyncjob
-from kubesim import CRS, JOBS, end_pod, finish_job, start_pod
+from kubesim import CRS, JOBS, NS, end_pod, finish_job, lipsyncjob, start_pod
 
 from lipsync.errors import PERMANENT_EXIT_CODES, REASONS
 from lipsync_operator.jobs import KUEUE_QUEUE_LABEL, job_name

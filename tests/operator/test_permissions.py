@@ -67,7 +67,7 @@ def test_allows():
 def test_every_rule_was_needed_by_the_running_operator():
     """Runs after test_operator.py (alphabetical order); skipped when the e2e tests did not run."""
     import pytest
-    from conftest import OBSERVED
+    from kubesim import OBSERVED
 
     if not OBSERVED:
         pytest.skip("no end-to-end test ran in this session")
