@@ -10,11 +10,12 @@ progress poller and the dispatcher cannot overwrite each other's newer facts, an
 changes nothing costs no API call.
 
 Progress: while a LipSyncJob is Running, a kopf daemon polls every ``LIPSYNC_PROGRESS_INTERVAL``
-seconds (default 5): it lists the Job's pods, tails the running pod's log (``tailLines=50``) and
+seconds (default 5): it lists the Job's pods, tails the running pod's log (``tailLines=200``) and
 takes the last ``{"event": "progress", ...}`` line. Polling the log was chosen over the runner
 patching its own status (the runner never talks to Kubernetes and needs no RBAC), over pod
 annotations (same) and over the termination message (only written at the end). The runner prints
-at most one progress line every 2 s, so 50 lines always hold the latest one.
+at most one progress line every 2 s; 200 lines leave room for its other log lines in between
+(when none is found, the last known progress stays).
 """
 
 from __future__ import annotations
@@ -367,7 +368,7 @@ class Controller:
         pod = status.running_pod(pods)
         if pod is None:
             return
-        text = await self.kube.read_pod_log(key[0], pod["metadata"]["name"], tail_lines=50,
+        text = await self.kube.read_pod_log(key[0], pod["metadata"]["name"], tail_lines=200,
                                             container=jobs_mod.CONTAINER)
         found = status.last_progress(text)
         if found is None:
