@@ -25,13 +25,13 @@ variable                             meaning                        default
 ``LIPSYNC_METRICS_PORT``             Prometheus port (0: off)       ``9090``
 ==================================== ============================== ==============================
 
-A malformed value stops the operator at startup with a message naming the variable.
+Parsed once per operator run (kopf's startup handler; ``main`` parses first to fail fast with a
+message naming the variable, before kopf starts).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Any, Mapping
@@ -120,8 +120,3 @@ class Settings:
             metrics_port=number("LIPSYNC_METRICS_PORT", cls.metrics_port),
         )
 
-
-@functools.cache
-def get_settings() -> Settings:
-    """The settings of this process, parsed from the environment on first use."""
-    return Settings.from_env()
