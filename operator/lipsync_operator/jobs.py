@@ -151,7 +151,7 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
         "podFailurePolicy": {
             "rules": [
                 # Evicted, preempted, drained: not the job's fault; retry, do not count.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
                 # The runner's permanent reasons (lipsync.errors): no retry can help.
                 {
                     "action": "FailJob",

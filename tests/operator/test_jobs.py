@@ -70,7 +70,7 @@ def test_failure_policy_retries_and_deadlines():
     spec = job_manifest(job(), s)["spec"]
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (5, 600, 60)
     rules = spec["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert rules[1]["action"] == "FailJob"
     assert rules[1]["onExitCodes"] == {"containerName": "runner", "operator": "In",
                                        "values": list(PERMANENT_EXIT_CODES)}
@@ -124,3 +124,19 @@ def test_pods_of_filters_and_orders():
         {"metadata": {"name": "a", "creationTimestamp": "2026-01-01T00:00:01Z", "labels": {"lipsync.dev/job-uid": UID}}},
     ]
     assert [p["metadata"]["name"] for p in pods_of(pods, UID)] == ["a", "b"]
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.30.0", "latest"])
+def test_manifest_passes_the_kubernetes_openapi_schema(version):
+    """Strict validation (unknown fields are errors) against the published Job schema.
+
+    1.29 is the oldest supported: podReplacementPolicy is beta there, and 1.28's schema requires
+    onPodConditions on every podFailurePolicy rule."""
+    kv = pytest.importorskip("kubernetes_validate")
+    version = kv.latest_version() if version == "latest" else version
+    full = Settings(kueue_queue="q", node_selector={"pool": "gpu"}, tolerations=({"key": "gpu", "operator": "Exists"},),
+                    priority_class="low", s3_secret="creds", s3_endpoint="http://minio:9000", runner_cpu="1",
+                    runner_memory="1Gi", runner_service_account="renderer")
+    for settings in (Settings(), full):
+        for model in (None, {"name": "baseline"}):
+            kv.validate(job_manifest(job(model), settings), version, strict=True)

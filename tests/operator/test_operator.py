@@ -227,7 +227,7 @@ def test_evicted_pod_is_retried_not_failed(cluster, run_operator):
         cr = cluster.create(CRS, lipsyncjob("evict-me"))
         job = the_job(cluster, cr)
         rules = job["spec"]["podFailurePolicy"]["rules"]
-        assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+        assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
         pod1 = start_pod(cluster, job, attempt=1)
         wait_status(cluster, "evict-me", phase="Running")
         end_pod(cluster, pod1, exit_code=143, disrupted=True)
