@@ -1,0 +1,161 @@
+"""kopf handlers: translate API events into :class:`~lipsync_operator.controller.Controller` calls.
+
+=================================== ========================================================
+event                               action
+=================================== ========================================================
+startup                             kopf settings; the controller; the metrics endpoint
+login                               the same credentials as the operator's own client
+LipSyncJob index / Job index        what the queue sees (filled before any handler runs)
+LipSyncJob created / resumed        validate (invalid → Failed, no Job); dispatch
+LipSyncJob spec edited              accepted while nothing runs; refused once a Job exists
+LipSyncJob deleted (finalizer)      delete its Job (Background propagation); dispatch
+LipSyncJob Running (daemon)         poll progress every LIPSYNC_PROGRESS_INTERVAL seconds
+Job of ours changed                 LipSyncJob status from the Job and its pods; dispatch
+=================================== ========================================================
+
+Run as ``lipsync-operator`` (``main.py``): ``kopf run --standalone --all-namespaces``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from lipsync.spec import API_GROUP, PLURAL
+
+from . import jobs
+from .controller import Controller, candidate, job_fact
+from .kube import Kube, connection_info
+from .settings import Settings
+
+VERSION = "v1alpha1"
+CR = (API_GROUP, VERSION, PLURAL)
+OURS = {jobs.MANAGED_BY_LABEL: jobs.MANAGED_BY}
+FINALIZER = "lipsync.dev/cleanup"
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    # No runtime CRD/namespace scanning: no RBAC for customresourcedefinitions or namespaces.
+    settings.scanning.disabled = True
+    settings.persistence.finalizer = FINALIZER
+    # kopf's own bookkeeping in annotations, so .status holds only the LipSyncJobStatus schema.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="lipsync.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="lipsync.dev", key="last-handled-configuration")
+    # Events for transitions come from kopf.event (controller.py); handler chatter stays in the logs.
+    settings.posting.level = logging.WARNING
+    settings.watching.label_selectors["batch", "jobs"] = f"{jobs.MANAGED_BY_LABEL}={jobs.MANAGED_BY}"
+    ops = Settings.from_env()
+    ctl = Controller(ops, Kube())
+    memo.ctl = ctl
+    ctl.metrics.serve(ops.metrics_port)
+    memo.safety_net = asyncio.create_task(_redispatch_forever(ctl, max(5.0, ops.progress_interval)))
+    logger.info("lipsync-operator: GPU budget %s, kueue %s, image %s",
+                ops.gpu_budget, ops.kueue_queue or "off", ops.runner_image)
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    """In-cluster service account, else ``$KUBECONFIG``: the same credentials as ``kube.Kube``."""
+    return kopf.ConnectionInfo(**connection_info())
+
+
+async def _redispatch_forever(ctl: Controller, every: float) -> None:
+    """A slow safety net: re-run the dispatcher even if no event arrives (e.g. a failed create)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await ctl.dispatch()
+        except Exception:  # pragma: no cover - logged, retried next round
+            logging.getLogger("lipsync_operator").exception("periodic dispatch failed")
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "safety_net", None)
+    if task is not None:
+        task.cancel()
+    ctl: Controller | None = getattr(memo, "ctl", None)
+    if ctl is not None:
+        ctl.metrics.stop()
+        ctl.kube.close()
+
+
+# ---------------------------------------------------------------------------- indexes
+@kopf.index(*CR)
+def lipsyncjobs_idx(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict:
+    return {(namespace, name): candidate(body)}
+
+
+@kopf.index("batch", "v1", "jobs", labels=OURS)
+def jobs_idx(body: kopf.Body, **_: Any) -> dict | None:
+    fact = job_fact(body)
+    return None if fact is None else {fact.key: fact}
+
+
+def _ctl(memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index) -> Controller:
+    ctl: Controller = memo.ctl
+    ctl.use_indexes(lipsyncjobs_idx, jobs_idx)
+    return ctl
+
+
+# ---------------------------------------------------------------------------- LipSyncJobs
+# backoff: a failed call (API server hiccup) is retried in seconds, not kopf's default minute.
+@kopf.on.resume(*CR, backoff=5)
+@kopf.on.create(*CR, backoff=5)
+async def created(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index,
+                  **_: Any) -> None:
+    ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
+    await ctl.accept(body)
+    await ctl.dispatch()
+
+
+@kopf.on.update(*CR, field="spec", backoff=5)
+async def spec_changed(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index,
+                       **_: Any) -> None:
+    ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
+    await ctl.spec_changed(body)
+    await ctl.dispatch()
+
+
+@kopf.on.delete(*CR, backoff=5)
+async def deleted(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index,
+                  **_: Any) -> None:
+    ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
+    await ctl.deleted(body)
+    await ctl.dispatch()
+
+
+@kopf.on.event(*CR)
+async def lipsyncjob_event(event: kopf.RawEvent, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        memo.ctl.gone((namespace, name))
+
+
+def _is_running(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
+    return status.get("phase") == "Running" and not meta.get("deletionTimestamp")
+
+
+@kopf.daemon(*CR, when=_is_running, cancellation_timeout=2.0)
+async def progress(stopped: kopf.DaemonStopped, namespace: str, name: str, uid: str, memo: kopf.Memo,
+                   logger: logging.Logger, **_: Any) -> None:
+    ctl: Controller = memo.ctl
+    while not stopped:
+        try:
+            await ctl.poll_progress((namespace, name), uid)
+        except Exception as e:  # a failed poll is not a failed render: try again next round
+            logger.warning("progress poll failed: %s", e)
+        await stopped.wait(ctl.settings.progress_interval)
+
+
+# ---------------------------------------------------------------------------- Jobs
+@kopf.on.event("batch", "v1", "jobs", labels=OURS)
+async def job_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index,
+                      jobs_idx: kopf.Index, **_: Any) -> None:
+    ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
+    await ctl.job_event(event.get("type"), body)
+    await ctl.dispatch()

@@ -1,0 +1,206 @@
+"""LipSyncJob (parsed) + settings → the ``batch/v1`` Job that renders it. Pure functions.
+
+The Job is named deterministically from the LipSyncJob's name and uid (:func:`job_name`), so an
+operator that restarts, or handles the same event twice, finds the Job it already made (HTTP 409,
+then adopt) instead of starting a second render.
+
+Failure handling is the Job controller's, driven by the runner's exit code (``lipsync.errors``):
+``podFailurePolicy`` ignores pod disruptions (eviction, preemption, node drain: retried without
+counting against ``backoffLimit``) and fails the Job at once on a permanent exit code; anything
+else (75 StorageUnavailable, 1 InternalError, OOM kills) is retried up to ``backoffLimit``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from lipsync.errors import PERMANENT_EXIT_CODES
+from lipsync.spec import API_VERSION, GPU_MODELS, KIND, LipSyncJob
+
+from .settings import Settings
+
+CONTAINER = "runner"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "lipsync-operator"
+UID_LABEL = "lipsync.dev/job-uid"          # on the Job and its pods: which LipSyncJob they render
+GPU_LABEL = "lipsync.dev/gpu"              # "true" when the Job counts against the GPU budget
+OWNER_ANNOTATION = "lipsync.dev/owner"     # "<namespace>/<name>" of the LipSyncJob
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+RESULT_FILE = "/dev/termination-log"
+RUNNER_COMMAND = ["lipsync", "run", "--job-env", "LIPSYNC_JOB", "--log-format", "json"]
+
+_MAX_NAME = 63
+
+
+def job_name(name: str, uid: str) -> str:
+    """``lipsync-<name>-<8 hex of sha256(uid)>``, the name trimmed so the whole fits 63 chars.
+
+    A DNS-1123 label (dots become dashes), so it is also a valid ``job-name`` label value.
+    The uid suffix keeps a deleted-and-recreated LipSyncJob of the same name from adopting the
+    old Job while its deletion is still in progress.
+    """
+    digest = hashlib.sha256(uid.encode()).hexdigest()[:8]
+    stem = re.sub(r"[^a-z0-9-]", "-", name.lower())
+    room = _MAX_NAME - len("lipsync-") - 1 - len(digest)
+    stem = stem[:room].strip("-") or "job"
+    return f"lipsync-{stem}-{digest}"
+
+
+def needs_gpu(job: LipSyncJob) -> bool:
+    """GPU models get one GPU, unless their options pin them to the CPU (wav2lip ``device: cpu``)."""
+    model = job.spec.model
+    if model.name not in GPU_MODELS:
+        return False
+    return model.options.get("device") != "cpu"
+
+
+def runner_document(job: LipSyncJob) -> dict[str, Any]:
+    """What the runner reads from ``$LIPSYNC_JOB``: identity and the validated spec (defaults filled)."""
+    meta = job.metadata
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid},
+        "spec": job.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
+    """The complete ``batch/v1`` Job manifest for one LipSyncJob."""
+    meta = job.metadata
+    if not meta.uid or not meta.namespace:
+        raise ValueError("a LipSyncJob from the cluster has metadata.uid and metadata.namespace")
+    gpu = needs_gpu(job)
+    name = job_name(meta.name, meta.uid)
+
+    labels = {
+        "app.kubernetes.io/name": "lipsync",
+        "app.kubernetes.io/component": "runner",
+        MANAGED_BY_LABEL: MANAGED_BY,
+        UID_LABEL: meta.uid,
+        GPU_LABEL: "true" if gpu else "false",
+    }
+    job_labels = dict(labels)
+    if settings.kueue_queue:
+        job_labels[KUEUE_QUEUE_LABEL] = settings.kueue_queue
+
+    env: list[dict[str, Any]] = [
+        {"name": "LIPSYNC_JOB", "value": json.dumps(runner_document(job), separators=(",", ":"))},
+        {"name": "LIPSYNC_RESULT_FILE", "value": RESULT_FILE},
+    ]
+    if settings.s3_endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint})
+
+    resources: dict[str, dict[str, str]] = {}
+    requests = {k: v for k, v in (("cpu", settings.runner_cpu), ("memory", settings.runner_memory)) if v}
+    if requests:
+        resources["requests"] = requests
+    if gpu:
+        resources["limits"] = {settings.gpu_resource: "1"}
+
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": settings.runner_image,
+        "command": list(RUNNER_COMMAND),
+        "env": env,
+        "resources": resources,
+        "terminationMessagePath": RESULT_FILE,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if settings.s3_secret:
+        container["envFrom"] = [{"secretRef": {"name": settings.s3_secret}}]
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # the runner never talks to the API server
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    if settings.runner_service_account:
+        pod_spec["serviceAccountName"] = settings.runner_service_account
+    if settings.node_selector:
+        pod_spec["nodeSelector"] = dict(settings.node_selector)
+    if settings.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in settings.tolerations]
+    if settings.priority_class:
+        pod_spec["priorityClassName"] = settings.priority_class
+
+    spec: dict[str, Any] = {
+        "backoffLimit": settings.backoff_limit,
+        "activeDeadlineSeconds": settings.active_deadline_seconds,
+        "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
+        "completions": 1,
+        "parallelism": 1,
+        # Do not start a replacement pod before the failed one is gone (no two pods on a GPU).
+        "podReplacementPolicy": "Failed",
+        "podFailurePolicy": {
+            "rules": [
+                # Evicted, preempted, drained: not the job's fault; retry, do not count.
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                # The runner's permanent reasons (lipsync.errors): no retry can help.
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": list(PERMANENT_EXIT_CODES),
+                    },
+                },
+            ]
+        },
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if settings.kueue_queue:
+        spec["suspend"] = True  # Kueue admits (unsuspends) it when quota allows
+
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": meta.namespace,
+            "labels": job_labels,
+            "annotations": {OWNER_ANNOTATION: f"{meta.namespace}/{meta.name}"},
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": meta.name,
+                    "uid": meta.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": spec,
+    }
+
+
+def owner_of(job: dict[str, Any]) -> tuple[str, str] | None:
+    """(namespace, name) of the LipSyncJob that controls a Job, or None if not ours."""
+    meta = job.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("controller") and ref.get("apiVersion", "").startswith("lipsync.dev/"):
+            return meta.get("namespace"), ref.get("name")
+    return None
+
+
+def pods_of(pods: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
+    """The pods rendering the LipSyncJob ``uid``, oldest first (a list call may return more)."""
+    mine = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(UID_LABEL) == uid]
+    return sorted(mine, key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "", p["metadata"].get("name", "")))

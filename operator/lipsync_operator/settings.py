@@ -1,0 +1,122 @@
+"""Operator settings: environment variables, parsed once into one frozen dataclass.
+
+The Helm chart sets exactly these names (keep them in step with ``charts/``):
+
+==================================== ============================== ==============================
+variable                             meaning                        default
+==================================== ============================== ==============================
+``LIPSYNC_RUNNER_IMAGE``             image of the runner Jobs       ``lipsync-operator:latest``
+``LIPSYNC_RUNNER_SERVICE_ACCOUNT``   the runner pods' account       (namespace default)
+``LIPSYNC_GPU_RESOURCE``             extended resource for GPUs     ``nvidia.com/gpu``
+``LIPSYNC_GPU_BUDGET``               GPU Jobs running at once       ``2``
+``LIPSYNC_KUEUE_QUEUE``              Kueue LocalQueue; set: Kueue   (unset: own budget)
+                                     admits, the budget is bypassed
+``LIPSYNC_NODE_SELECTOR``            JSON object                    ``{}``
+``LIPSYNC_TOLERATIONS``              JSON list                      ``[]``
+``LIPSYNC_PRIORITY_CLASS``           priorityClassName of the pods  (none)
+``LIPSYNC_S3_SECRET``                Secret for ``envFrom``         (none)
+``LIPSYNC_S3_ENDPOINT``              passed as ``AWS_ENDPOINT_URL`` (none)
+``LIPSYNC_ACTIVE_DEADLINE_SECONDS``  Job ``activeDeadlineSeconds``  ``21600``
+``LIPSYNC_TTL_SECONDS_AFTER_FINISHED`` Job ``ttlSecondsAfterFinished`` ``86400``
+``LIPSYNC_BACKOFF_LIMIT``            Job ``backoffLimit``           ``3``
+``LIPSYNC_RUNNER_CPU``               cpu request of the runner      (none)
+``LIPSYNC_RUNNER_MEMORY``            memory request of the runner   (none)
+``LIPSYNC_PROGRESS_INTERVAL``        seconds between progress polls ``5``
+``LIPSYNC_METRICS_PORT``             Prometheus port (0: off)       ``9090``
+==================================== ============================== ==============================
+
+Parsed once per operator run (kopf's startup handler; ``main`` parses first to fail fast with a
+message naming the variable, before kopf starts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the operator cannot use."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    runner_image: str = "lipsync-operator:latest"
+    runner_service_account: str | None = None
+    gpu_resource: str = "nvidia.com/gpu"
+    gpu_budget: int = 2
+    kueue_queue: str | None = None
+    node_selector: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    priority_class: str | None = None
+    s3_secret: str | None = None
+    s3_endpoint: str | None = None
+    active_deadline_seconds: int = 21600
+    ttl_seconds_after_finished: int = 86400
+    backoff_limit: int = 3
+    runner_cpu: str | None = None
+    runner_memory: str | None = None
+    progress_interval: float = 5.0
+    metrics_port: int = 9090
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+
+        def text(name: str, default: str | None = None) -> str | None:
+            value = env.get(name, "").strip()
+            return value or default
+
+        def number(name: str, default: float, kind: type = int, minimum: float = 0) -> Any:
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+            if value < minimum:
+                raise SettingsError(f"{name}={raw!r} must be >= {minimum}")
+            return value
+
+        def js(name: str, want: type, default: Any) -> Any:
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise SettingsError(f"{name} is not valid JSON: {e}") from None
+            if not isinstance(value, want):
+                raise SettingsError(f"{name} must be a JSON {'object' if want is dict else 'list'}, got {raw!r}")
+            return value
+
+        node_selector = js("LIPSYNC_NODE_SELECTOR", dict, {})
+        if not all(isinstance(v, str) for v in node_selector.values()):
+            raise SettingsError("LIPSYNC_NODE_SELECTOR values must be strings")
+        tolerations = js("LIPSYNC_TOLERATIONS", list, [])
+        if not all(isinstance(t, dict) for t in tolerations):
+            raise SettingsError("LIPSYNC_TOLERATIONS must be a JSON list of objects")
+
+        return cls(
+            runner_image=text("LIPSYNC_RUNNER_IMAGE", cls.runner_image),
+            runner_service_account=text("LIPSYNC_RUNNER_SERVICE_ACCOUNT"),
+            gpu_resource=text("LIPSYNC_GPU_RESOURCE", cls.gpu_resource),
+            gpu_budget=number("LIPSYNC_GPU_BUDGET", cls.gpu_budget),
+            kueue_queue=text("LIPSYNC_KUEUE_QUEUE"),
+            node_selector=node_selector,
+            tolerations=tuple(tolerations),
+            priority_class=text("LIPSYNC_PRIORITY_CLASS"),
+            s3_secret=text("LIPSYNC_S3_SECRET"),
+            s3_endpoint=text("LIPSYNC_S3_ENDPOINT"),
+            active_deadline_seconds=number("LIPSYNC_ACTIVE_DEADLINE_SECONDS", cls.active_deadline_seconds, minimum=1),
+            ttl_seconds_after_finished=number("LIPSYNC_TTL_SECONDS_AFTER_FINISHED", cls.ttl_seconds_after_finished),
+            backoff_limit=number("LIPSYNC_BACKOFF_LIMIT", cls.backoff_limit),
+            runner_cpu=text("LIPSYNC_RUNNER_CPU"),
+            runner_memory=text("LIPSYNC_RUNNER_MEMORY"),
+            progress_interval=number("LIPSYNC_PROGRESS_INTERVAL", cls.progress_interval, float, minimum=0.1),
+            metrics_port=number("LIPSYNC_METRICS_PORT", cls.metrics_port),
+        )
+

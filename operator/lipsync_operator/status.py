@@ -1,0 +1,303 @@
+"""Job and pod state → LipSyncJob status. Pure functions, no I/O.
+
+Phases: ``Pending`` (accepted; the Job's pod is not running yet) → ``Queued`` (waiting for a GPU
+slot of the operator's budget, or for Kueue to admit the suspended Job) → ``Running`` →
+``Succeeded`` | ``Failed``. A terminal phase is never left.
+
+Conditions follow kstatus (what ``kubectl wait``, Argo CD and Flux read):
+
+=========== ============ ============ ==========================
+phase       Ready        Reconciling  Stalled
+=========== ============ ============ ==========================
+in progress False        True         False
+Succeeded   True         False        False
+Failed      False        False        True (reason = the cause)
+=========== ============ ============ ==========================
+
+Why a run failed comes, in order of preference, from the runner's result JSON (the container's
+termination message, written to ``$LIPSYNC_RESULT_FILE=/dev/termination-log``), from its exit
+code (``lipsync.errors.reason_for_exit_code``), from the container's termination reason
+(``OOMKilled``), and last from the Job's own condition (``DeadlineExceeded``,
+``BackoffLimitExceeded``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any, Iterable, Mapping
+
+from lipsync.errors import REASONS, reason_for_exit_code
+
+from .jobs import CONTAINER
+
+TERMINAL = frozenset({"Succeeded", "Failed"})
+IN_PROGRESS = frozenset({"Pending", "Queued", "Running"})
+IMMUTABLE_MESSAGE = "spec is immutable once rendering started: delete and re-apply"
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------------- pod & Job facts
+def _cond(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == type_ and c.get("status") == "True":
+            return c
+    return None
+
+
+def _runner_state(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == CONTAINER:
+            return cs.get("state") or {}
+    return {}
+
+
+def parse_result(message: str | None) -> dict[str, Any] | None:
+    """The runner's result JSON from a termination message, or None if it is not one.
+
+    With ``FallbackToLogsOnError`` a crashed runner's message is its log tail instead.
+    """
+    if not message:
+        return None
+    try:
+        doc = json.loads(message.strip())
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and doc.get("phase") in ("Succeeded", "Failed"):
+        return doc
+    return None
+
+
+def pod_outcome(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a finished pod says: exit code, result JSON, reason; None while it has not ended."""
+    term = _runner_state(pod).get("terminated")
+    status = pod.get("status") or {}
+    disrupted = _cond(pod, "DisruptionTarget")
+    if term is None and status.get("phase") not in ("Failed", "Succeeded"):
+        return None
+    term = term or {}
+    code = term.get("exitCode")
+    result = parse_result(term.get("message"))
+    reason = (result or {}).get("reason")
+    if not reason and code:
+        reason = reason_for_exit_code(code)
+        if term.get("reason") == "OOMKilled" or reason is None:
+            reason = term.get("reason") if term.get("reason") not in (None, "Error", "Completed") else reason
+    if disrupted and not reason:
+        reason = disrupted.get("reason") or "Disrupted"
+    if not reason and status.get("reason"):  # "Evicted", "DeadlineExceeded" at pod level
+        reason = status["reason"]
+    message = (result or {}).get("message") or status.get("message") or term.get("message") or ""
+    return {
+        "exitCode": code,
+        "result": result,
+        "reason": reason,
+        "message": message.strip()[-1000:],
+        "disrupted": disrupted is not None,
+        "finishedAt": term.get("finishedAt"),
+        "succeeded": status.get("phase") == "Succeeded" or code == 0,
+    }
+
+
+def running_since(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """When the runner container of the newest running pod started, if one runs."""
+    started = None
+    for pod in pods:
+        running = _runner_state(pod).get("running")
+        if running:
+            started = running.get("startedAt") or started
+    return started
+
+
+def running_pod(pods: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The pod whose runner container is running now (the newest), if any."""
+    found = None
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") == "Running" or _runner_state(pod).get("running"):
+            found = pod
+    return found
+
+
+def job_finished(job: Mapping[str, Any]) -> str | None:
+    """``Succeeded`` / ``Failed`` once the Job controller says so, else None."""
+    if _cond(job, "Complete"):
+        return "Succeeded"
+    if _cond(job, "Failed"):
+        return "Failed"
+    return None
+
+
+def last_progress(log: str) -> tuple[int, str | None] | None:
+    """The last ``{"event": "progress", ...}`` line of a runner's JSON log: (percent, stage)."""
+    for line in reversed(log.splitlines()):
+        line = line.strip()
+        if not line.startswith("{") or '"progress"' not in line:
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("event") == "progress":
+            try:
+                pct = int(round(float(doc.get("progress", 0))))
+            except (TypeError, ValueError):
+                continue
+            stage = doc.get("stage")
+            return max(0, min(100, pct)), str(stage) if stage is not None else None
+    return None
+
+
+# ---------------------------------------------------------------------------- status
+def conditions(phase: str, reason: str | None, message: str | None, generation: int | None,
+               previous: Iterable[Mapping[str, Any]] | None, now: str) -> list[dict[str, Any]]:
+    """kstatus conditions for a phase; lastTransitionTime kept while a condition's status holds."""
+    done_ok = phase == "Succeeded"
+    failed = phase == "Failed"
+    want = [
+        ("Ready", done_ok, "Succeeded" if done_ok else (reason or phase) if failed else phase,
+         "the render finished and its artifacts are published" if done_ok else message),
+        ("Reconciling", not (done_ok or failed), phase, message if not (done_ok or failed) else None),
+        ("Stalled", failed, reason or "Failed" if failed else phase, message if failed else None),
+    ]
+    prev = {c.get("type"): c for c in previous or []}
+    out = []
+    for type_, on, why, text in want:
+        status = "True" if on else "False"
+        old = prev.get(type_) or {}
+        since = old.get("lastTransitionTime") if old.get("status") == status and old.get("lastTransitionTime") else now
+        cond: dict[str, Any] = {"type": type_, "status": status, "reason": why, "lastTransitionTime": since}
+        if text:
+            cond["message"] = text
+        if generation is not None:
+            cond["observedGeneration"] = generation
+        out.append(cond)
+    return out
+
+
+def build(current: Mapping[str, Any] | None, *, phase: str, generation: int | None, now: str,
+          reason: str | None = None, message: str | None = None, **fields: Any) -> dict[str, Any]:
+    """The full new status: ``current`` with ``fields`` applied, phase, reason, message, conditions.
+
+    A terminal phase is never left: if ``current`` is terminal, it is returned unchanged.
+    """
+    current = dict(current or {})
+    if current.get("phase") in TERMINAL:
+        return current
+    new = dict(current)
+    new.update({k: v for k, v in fields.items()})
+    new["phase"] = phase
+    new["reason"] = reason
+    new["message"] = message
+    if generation is not None:
+        new["observedGeneration"] = generation
+    new["conditions"] = conditions(phase, reason, message, generation, current.get("conditions"), now)
+    return {k: v for k, v in new.items() if v is not None}
+
+
+def invalid(current: Mapping[str, Any] | None, message: str, generation: int | None, now: str) -> dict[str, Any]:
+    """An invalid spec: Failed/Stalled with reason InvalidSpec, never a Job."""
+    return build(current, phase="Failed", reason="InvalidSpec", message=message, generation=generation,
+                 now=now, finishedAt=now, progress=0)
+
+
+def queued(current: Mapping[str, Any] | None, *, generation: int | None, now: str, budget: int | None = None,
+           kueue: str | None = None) -> dict[str, Any]:
+    if kueue:
+        message = f"waiting for Kueue to admit the Job (queue {kueue})"
+        reason = "WaitingForKueue"
+    else:
+        message = f"waiting for a GPU: at most {budget} GPU jobs run at once, oldest first"
+        reason = "WaitingForGPU"
+    return build(current, phase="Queued", reason=reason, message=message, generation=generation, now=now,
+                 progress=(current or {}).get("progress") or 0)
+
+
+def from_job(current: Mapping[str, Any] | None, job: Mapping[str, Any], pods: list[Mapping[str, Any]], *,
+             generation: int | None, now: str, job_name: str | None = None) -> dict[str, Any]:
+    """The status a LipSyncJob has given its Job and the Job's pods (oldest first)."""
+    current = dict(current or {})
+    jstatus = job.get("status") or {}
+    name = job_name or (job.get("metadata") or {}).get("name")
+    outcomes = [o for o in (pod_outcome(p) for p in pods) if o is not None]
+    finished = job_finished(job)
+
+    if finished == "Succeeded":
+        last = next((o for o in reversed(outcomes) if o["succeeded"]), None)
+        result = (last or {}).get("result") or {}
+        artifacts = result.get("artifacts") or current.get("artifacts")
+        return build(
+            current, phase="Succeeded", generation=generation, now=now,
+            reason=None, message=result.get("message") or f"rendered by Job {name}",
+            progress=100, stage="done", artifacts=artifacts,
+            startedAt=current.get("startedAt") or jstatus.get("startTime") or now,
+            finishedAt=jstatus.get("completionTime") or now,
+        )
+
+    if finished == "Failed":
+        cond = _cond(job, "Failed") or {}
+        last = outcomes[-1] if outcomes else None
+        reason = (last or {}).get("reason") or cond.get("reason") or "Failed"
+        if reason == "Evicted" or (last or {}).get("disrupted"):
+            reason = cond.get("reason") or reason  # disruptions do not fail a Job by themselves
+        detail = (last or {}).get("message") or cond.get("message") or ""
+        summary = REASONS[reason].summary if reason in REASONS else None
+        message = detail or summary or f"Job {name} failed"
+        if cond.get("reason") == "DeadlineExceeded":
+            message = f"the Job ran past activeDeadlineSeconds: {cond.get('message') or detail}".rstrip(": ")
+            reason = "DeadlineExceeded"
+        result = (last or {}).get("result") or {}
+        return build(
+            current, phase="Failed", reason=reason, message=message, generation=generation, now=now,
+            artifacts=result.get("artifacts") or current.get("artifacts"),
+            startedAt=current.get("startedAt") or jstatus.get("startTime"),
+            finishedAt=cond.get("lastTransitionTime") or now,
+        )
+
+    if (job.get("spec") or {}).get("suspend"):
+        return queued(current, generation=generation, now=now, kueue="kueue")
+
+    active = int(jstatus.get("active") or 0)
+    ready = int(jstatus.get("ready") or 0)
+    started = running_since(pods)
+    retries = [o for o in outcomes if not o["succeeded"]]
+    note = None
+    if retries:
+        why = retries[-1]["reason"] or f"exit code {retries[-1]['exitCode']}"
+        note = f"attempt {len(retries) + 1}: the previous pod ended ({why}); retrying"
+
+    if active and (ready or started):
+        stage = current.get("stage") if current.get("phase") == "Running" else "starting"
+        return build(
+            current, phase="Running", reason=None, message=note or f"rendering in Job {name}",
+            generation=generation, now=now, stage=stage, progress=current.get("progress") or 0,
+            startedAt=current.get("startedAt") or started or now,
+        )
+    # Created, or between attempts: the pod is not running (scheduling, pulling, retrying).
+    return build(
+        current, phase="Pending", reason=None,
+        message=note or f"Job {name} created; waiting for its pod to start",
+        generation=generation, now=now, progress=current.get("progress") or 0,
+    )
+
+
+def with_progress(current: Mapping[str, Any] | None, progress: int, stage: str | None) -> dict[str, Any]:
+    """``current`` with a new progress/stage, if it is Running; progress never goes backwards."""
+    current = dict(current or {})
+    if current.get("phase") != "Running":
+        return current
+    new = dict(current)
+    new["progress"] = max(int(current.get("progress") or 0), min(99, progress))
+    if stage:
+        new["stage"] = stage
+    return new
+
+
+def merge_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch (top-level keys of ``.status``) from current to desired; {} if equal."""
+    current = current or {}
+    patch: dict[str, Any] = {k: v for k, v in desired.items() if current.get(k) != v}
+    patch.update({k: None for k in current if k not in desired})
+    return patch
