@@ -207,3 +207,9 @@ def test_latentsync_target_is_pinned_and_matches_the_preset():
     env = " ".join(i.value for i in STAGE["latentsync"].all("ENV"))
     assert f"LATENTSYNC_HOME={latentsync.DEFAULT_HOME}" in env
     assert "HF_HOME=" in env  # the build-time model cache, read offline at run time
+
+
+def test_runner_pods_run_as_the_image_user():
+    from lipsync_operator.jobs import RUNNER_UID
+
+    assert final_user("runtime") == f"{RUNNER_UID}:{RUNNER_UID}"

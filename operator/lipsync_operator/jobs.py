@@ -22,6 +22,8 @@ from lipsync.spec import API_VERSION, GPU_MODELS, KIND, LipSyncJob
 
 from .settings import Settings
 
+RUNNER_UID = 10001  # the image's non-root user (Dockerfile: USER 10001:10001)
+
 CONTAINER = "runner"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "lipsync-operator"
@@ -104,7 +106,7 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.runner_image,
-        "command": list(RUNNER_COMMAND),
+        "args": list(RUNNER_COMMAND),  # args, not command: the image's tini entrypoint stays PID 1
         "env": env,
         "resources": resources,
         "terminationMessagePath": RESULT_FILE,
@@ -123,9 +125,9 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
         "automountServiceAccountToken": False,  # the runner never talks to the API server
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
+            "runAsUser": RUNNER_UID,
+            "runAsGroup": RUNNER_UID,
+            "fsGroup": RUNNER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],

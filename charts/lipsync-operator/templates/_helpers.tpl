@@ -110,6 +110,9 @@ resource scanning off, so it needs no access to CRDs or namespaces.
   resources: ["lipsyncjobs"]
   verbs: ["list", "patch", "watch"]
 - apiGroups: ["lipsync.dev"]
+  resources: ["lipsyncjobs/finalizers"]
+  verbs: ["update"]
+- apiGroups: ["lipsync.dev"]
   resources: ["lipsyncjobs/status"]
   verbs: ["patch"]
 {{- end }}
