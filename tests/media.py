@@ -60,6 +60,13 @@ def packet_md5(path: Path) -> str:
     return out.stdout.strip()
 
 
+def packet_lines(path: Path) -> list[str]:
+    """Per-packet hashes of the first audio stream (ffmpeg's framemd5 muxer, stream-copied)."""
+    out = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-c", "copy", "-f", "framemd5", "-"],
+                         capture_output=True, text=True, check=True)
+    return [line.rsplit(",", 1)[-1].strip() for line in out.stdout.splitlines() if not line.startswith("#")]
+
+
 def sample_md5(path: Path) -> str:
     """MD5 of the first audio stream's decoded samples (32-bit, so 16- and 24-bit both fit)."""
     out = subprocess.run(["ffmpeg", "-loglevel", "error", "-i", str(path), "-map", "0:a:0", "-c:a", "pcm_s32le",

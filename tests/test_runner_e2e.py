@@ -17,7 +17,7 @@ from lipsync.spec import load_jobs
 from lipsync.video.source import source_index
 from lipsync.video.track import detect_faces
 
-from .media import (clip, ffmpeg, frames, job_file, packet_md5, probe, psnr, reencode, sample_md5, speech, stream,
+from .media import (clip, ffmpeg, frames, job_file, packet_lines, packet_md5, probe, psnr, reencode, sample_md5, speech, stream,
                     video_duration)
 
 
@@ -216,3 +216,38 @@ def test_rerun_is_a_no_op_and_another_job_is_refused(media, tmp_path):
     assert out.stat().st_mtime_ns == before
     forced = run_job(other, base_dir=tmp_path, force=True)
     assert forced.status == "rendered" and out.stat().st_mtime_ns != before
+
+
+def test_wav2lip_renders_through_the_whole_pipeline(media, tmp_path):
+    """A formula checkpoint in the published form: real weights' layout, weights by formula."""
+    from .wav2lip_weights import write_formula_checkpoint
+
+    weights = write_formula_checkpoint(tmp_path / "wav2lip.pth")
+    out, metrics = render(tmp_path, video=str(media / "still.mp4"), audio=str(media / "speech_then_silence.m4a"),
+                          model={"name": "wav2lip", "weights": str(weights), "options": {"batchSize": 8}},
+                          timing={"follow": "video"})
+    assert metrics["model"] == "wav2lip"
+    assert metrics["face_track"]["frames_with_face"] == metrics["output"]["frames"] == 50
+    # follow: video cut the speech at 2 s; its packets are still the original's, copied.
+    src_packets = packet_lines(media / "speech_then_silence.m4a")
+    out_packets = packet_lines(out)
+    assert out_packets and out_packets == src_packets[:len(out_packets)]
+    got = frames(out)
+    ref = frames(reencode(media / "still.mp4", tmp_path / "ref.mp4", preset="ultrafast"))
+    mouth = mouth_region(ref[0])
+    # The generator (formula weights: not a trained face) rewrote the mouth region, nothing else.
+    assert np.abs(got[:, mouth[0], mouth[1]].astype(int) - ref[:, mouth[0], mouth[1]].astype(int)).mean() > 5
+    assert psnr(got[:, :40, :40], ref[:, :40, :40]) > 40
+
+
+def test_wav2lip_bad_weights_fail_before_any_frame(media, tmp_path):
+    from lipsync.errors import InvalidWeights
+
+    bad = tmp_path / "wav2lip.pth"
+    bad.write_bytes(b"not a checkpoint")
+    job = load_jobs(job_file(tmp_path, video=str(media / "still.mp4"), audio=str(media / "speech.wav"),
+                             model={"name": "wav2lip", "weights": str(bad)}))[0]
+    with pytest.raises(InvalidWeights) as e:
+        run_job(job, base_dir=tmp_path)
+    assert str(bad) in e.value.message or "wav2lip.pth" in e.value.message
+    assert not (tmp_path / "out").exists()
