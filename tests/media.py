@@ -4,7 +4,9 @@ and helpers that read facts back out of rendered files."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +104,24 @@ def reencode(src: Path, dest: Path, crf: int = 18, preset: str = "ultrafast") ->
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+RUNNER = Path(__file__).resolve().parents[1] / "runner"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real `lipsync` CLI in a fresh process, as a user or a pod runs it."""
+    return subprocess.run([sys.executable, "-m", "lipsync.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(RUNNER), **(env or {})}, timeout=timeout)
+
+
+def peak_rss(folder: Path, seconds: float, audio: Path, **spec) -> float:
+    """The runner's own peak RSS (a fresh CLI process) on a 960x540 clip of ``seconds``."""
+    folder.mkdir()
+    video = clip(folder / "clip.mp4", seconds=seconds, width=960, height=540, face_width=0.3)
+    path = job_file(folder, video=str(video), audio=str(audio), timing={"follow": "video"}, **spec)
+    proc = run_cli("run", str(path), "--log-format", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = json.loads((folder / "out" / "metrics.json").read_text())
+    assert metrics["output"]["frames"] == int(seconds * 25)
+    return metrics["peak_rss_mb"]

@@ -4,7 +4,6 @@ manifest checked against Kubernetes' own schemas."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -3,10 +3,7 @@ and the LatentSync preset's command line (LatentSync itself is not installed her
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from fractions import Fraction
@@ -24,7 +21,7 @@ from lipsync.spec import load_jobs
 from lipsync.video.source import source_index
 from lipsync.video.track import detect_faces
 
-from .media import clip, frames, job_file, packet_md5, psnr, reencode, speech, stream
+from .media import clip, frames, job_file, packet_md5, peak_rss, psnr, reencode, speech, stream
 
 TOOLS = Path(__file__).parent / "tools"
 TOOL = TOOLS / "mouth_envelope.py"
@@ -98,23 +95,10 @@ def test_command_is_given_the_tracked_face_at_the_requested_size(media, tmp_path
     assert abs(float(a["duration"]) - 50 / 25) < 1e-3
 
 
-def peak_rss(folder: Path, seconds: float, audio: Path) -> float:
-    """The runner's own peak RSS, in a fresh process (the CLI), on a clip of ``seconds``."""
-    folder.mkdir()
-    video = clip(folder / "clip.mp4", seconds=seconds, width=960, height=540, face_width=0.3)
-    path = job_file(folder, video=str(video), audio=str(audio), timing={"follow": "video"}, model=command_spec())
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "runner")}
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "run", str(path), "--log-format", "json"],
-                          capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    metrics = json.loads((folder / "out" / "metrics.json").read_text())
-    assert metrics["output"]["frames"] == int(seconds * 25)
-    return metrics["peak_rss_mb"]
-
-
 def test_memory_stays_flat_with_clip_length(media, tmp_path):
     audio = media / "speech.m4a"
-    short, long = peak_rss(tmp_path / "short", 2.0, audio), peak_rss(tmp_path / "long", 8.0, audio)
+    short = peak_rss(tmp_path / "short", 2.0, audio, model=command_spec())
+    long = peak_rss(tmp_path / "long", 8.0, audio, model=command_spec())
     assert long <= 1.2 * short, (short, long)
 
 

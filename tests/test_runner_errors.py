@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,10 +18,7 @@ import pytest
 
 from lipsync.errors import REASONS
 
-from .media import clip, job_file, speech
-
-RUNNER = Path(__file__).resolve().parents[1] / "runner"
-
+from .media import clip, job_file, run_cli, speech
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> Path:
@@ -39,10 +35,8 @@ def media(tmp_path_factory) -> Path:
 
 
 def lipsync(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONPATH": str(RUNNER), "LIPSYNC_HTTP_RETRY_SECONDS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "lipsync.cli", *args, "--log-format", "json"] if args[0] == "run"
-                          else [sys.executable, "-m", "lipsync.cli", *args],
-                          capture_output=True, text=True, env=full_env, timeout=120)
+    extra = ("--log-format", "json") if args[0] == "run" else ()
+    return run_cli(*args, *extra, env={"LIPSYNC_HTTP_RETRY_SECONDS": "1", **(env or {})}, timeout=120)
 
 
 def failure(proc: subprocess.CompletedProcess) -> dict:

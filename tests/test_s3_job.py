@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,10 +12,7 @@ from lipsync.errors import REASONS
 from lipsync.io import s3
 
 from . import s3server
-from .media import clip, job_file, packet_md5, speech
-
-RUNNER = Path(__file__).resolve().parents[1] / "runner"
-
+from .media import clip, job_file, packet_md5, run_cli, speech
 
 @pytest.fixture
 def s3_server(tmp_path, monkeypatch):
@@ -38,9 +33,7 @@ def run(tmp_path: Path, name: str, **extra: str) -> tuple[subprocess.CompletedPr
     result = tmp_path / f"{name}-result.json"
     path = job_file(tmp_path, name=name, video="s3://lipsync/inputs/face.mp4", audio="s3://lipsync/inputs/speech.m4a",
                     output={"uri": "s3://lipsync/renders/promo", "preset": "ultrafast"})
-    env = {**os.environ, "PYTHONPATH": str(RUNNER), "LIPSYNC_RESULT_FILE": str(result), **extra}
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "run", str(path), "--log-format", "json"],
-                          capture_output=True, text=True, env=env, timeout=180)
+    proc = run_cli("run", str(path), "--log-format", "json", env={"LIPSYNC_RESULT_FILE": str(result), **extra})
     return proc, json.loads(result.read_text())
 
 
@@ -80,9 +73,7 @@ def test_job_round_trip_on_s3(s3_server, inputs, tmp_path):
 def test_missing_input_key(s3_server, inputs, tmp_path):
     path = job_file(tmp_path, video="s3://lipsync/inputs/nope.mp4", audio="s3://lipsync/inputs/speech.m4a",
                     output={"uri": "s3://lipsync/renders/x"})
-    env = {**os.environ, "PYTHONPATH": str(RUNNER)}
-    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "run", str(path), "--log-format", "json"],
-                          capture_output=True, text=True, env=env, timeout=60)
+    proc = run_cli("run", str(path), "--log-format", "json")
     assert proc.returncode == REASONS["InputNotFound"].exit_code
     assert "s3://lipsync/inputs/nope.mp4" in proc.stdout
     assert keys("renders/") == []

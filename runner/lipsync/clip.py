@@ -60,18 +60,14 @@ def render_clip(spec: LipSyncJobSpec, model: ClipModel, source: Source, n_out: i
 
 def write_crop_clip(source: Source, track: list[CropBox | None], job: ClipJob,
                     on_progress: Callable[[float], None]) -> None:
-    writer = FrameWriter(encode_command(job.video, job.size, job.size, job.fps, codec="libx264", crf=0,
-                                        preset="ultrafast", pix_fmt="yuv444p"), job.size, job.size)
-    try:
+    argv = encode_command(job.video, job.size, job.size, job.fps, codec="libx264", crf=0, preset="ultrafast",
+                          pix_fmt="yuv444p")
+    with FrameWriter(argv, job.size, job.size) as writer:
         for i, frame in enumerate(source.frames(len(track))):
             if (box := track[i]) is not None:
                 writer.write(crop.cut(frame, box, job.size))
             if i % 25 == 0:
                 on_progress(i / len(track))
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
 
 
 def write_speech(dest: Path, audio: np.ndarray, rate: int, fps: float, faces: list[int]) -> None:
@@ -90,23 +86,17 @@ def write_speech(dest: Path, audio: np.ndarray, rate: int, fps: float, faces: li
 def overlay_clip(spec: LipSyncJobSpec, source: Source, track: list[CropBox | None], job: ClipJob, dest: Path,
                  sheet: Sheet, on_progress: Callable[[float], None]) -> int:
     out = spec.output
-    writer = FrameWriter(encode_command(dest, source.width, source.height, source.fps,
-                                        codec=out.video_codec, crf=out.crf, preset=out.preset),
-                         source.width, source.height)
-    try:
-        with closing(_synced_frames(job)) as synced:
-            for i, frame in enumerate(source.frames(len(track))):
-                result = frame
-                if (box := track[i]) is not None:
-                    result = overlay.paste(frame, box, next(synced), spec.padding)
-                sheet.offer(i, frame, result, box)
-                writer.write(result)
-                if i % 25 == 0:
-                    on_progress(i / len(track))
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
+    argv = encode_command(dest, source.width, source.height, source.fps, codec=out.video_codec, crf=out.crf,
+                          preset=out.preset)
+    with FrameWriter(argv, source.width, source.height) as writer, closing(_synced_frames(job)) as synced:
+        for i, frame in enumerate(source.frames(len(track))):
+            result = frame
+            if (box := track[i]) is not None:
+                result = overlay.paste(frame, box, next(synced), spec.padding)
+            sheet.offer(i, frame, result, box)
+            writer.write(result)
+            if i % 25 == 0:
+                on_progress(i / len(track))
     return writer.frames
 
 

@@ -160,9 +160,8 @@ def render(spec: LipSyncJobSpec, model: FrameModel, source: Source, plan: Plan, 
            dest: Path, sheet: Sheet, on_progress: Callable[[float], None], batch_size: int) -> int:
     """Streams every output frame through crop → model → overlay → encoder; returns frames written."""
     out = spec.output
-    writer = FrameWriter(encode_command(dest, source.width, source.height, source.fps,
-                                        codec=out.video_codec, crf=out.crf, preset=out.preset),
-                         source.width, source.height)
+    argv = encode_command(dest, source.width, source.height, source.fps, codec=out.video_codec, crf=out.crf,
+                          preset=out.preset)
     size = model.crop_size or 256
     # Full frames wait for their batch to come back from the model: bound them by memory too.
     in_flight = frames_in_flight(source.width, source.height, batch_size)
@@ -171,7 +170,7 @@ def render(spec: LipSyncJobSpec, model: FrameModel, source: Source, plan: Plan, 
     crops: list[np.ndarray] = []
     crop_frames: list[int] = []
 
-    def flush() -> None:
+    def flush(writer: FrameWriter) -> None:
         synced = model.infer(np.stack(crops), np.array(crop_frames)) if crops else None
         k = 0
         for i, frame, box in pending:
@@ -182,10 +181,12 @@ def render(spec: LipSyncJobSpec, model: FrameModel, source: Source, plan: Plan, 
                 k += 1
             sheet.offer(i, frame, result, box)
             writer.write(result)
-        pending.clear(), crops.clear(), crop_frames.clear()
+        pending.clear()
+        crops.clear()
+        crop_frames.clear()
         on_progress(writer.frames / plan.n_out)
 
-    try:
+    with FrameWriter(argv, source.width, source.height) as writer:
         for i, frame in enumerate(source.frames(plan.n_out)):
             box = boxes[source_index(i, plan.n_src)]
             pending.append((i, frame, box))
@@ -193,12 +194,8 @@ def render(spec: LipSyncJobSpec, model: FrameModel, source: Source, plan: Plan, 
                 crops.append(crop.cut(frame, box, size))
                 crop_frames.append(i)
             if len(crops) >= batch_size or len(pending) >= in_flight:
-                flush()
-        flush()
-    except BaseException:
-        writer.abort()
-        raise
-    writer.close()
+                flush(writer)
+        flush(writer)
     return writer.frames
 
 

@@ -79,3 +79,13 @@ class FrameWriter:
         self._queue.put(_END)
         self._thread.join()
         self._proc.wait()
+
+    def __enter__(self) -> "FrameWriter":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        """Finish the file on success; on any error kill ffmpeg, so no half-file looks finished."""
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
