@@ -251,3 +251,10 @@ def test_wav2lip_bad_weights_fail_before_any_frame(media, tmp_path):
         run_job(job, base_dir=tmp_path)
     assert str(bad) in e.value.message or "wav2lip.pth" in e.value.message
     assert not (tmp_path / "out").exists()
+
+
+def test_artifacts_are_ordinary_readable_files(media, tmp_path):
+    out, _ = render(tmp_path, video=str(media / "still.mp4"), audio=str(media / "speech.wav"))
+    for f in out.parent.iterdir():
+        assert f.stat().st_mode & 0o044 == 0o044, f  # group/other can read, as any file the user writes
+    assert not [f for f in out.parent.iterdir() if f.name.startswith(".")]  # no temporary names left

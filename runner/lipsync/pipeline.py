@@ -71,7 +71,7 @@ def resolve(uri: str, base_dir: Path) -> str:
     if is_remote(uri):
         return uri
     p = local_path(uri)
-    return str(p if p.is_absolute() else (base_dir / p))
+    return os.path.normpath(p if p.is_absolute() else (base_dir / p))
 
 
 def fetch_inputs(spec: LipSyncJobSpec, scratch: Path, base_dir: Path) -> Inputs:

@@ -55,11 +55,18 @@ class LocalStore:
         os.close(fd)
         try:
             shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are ordinary files
             os.replace(tmp, self.folder / name)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         return str(self.folder / name)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def open_store(uri: str) -> Store:
