@@ -25,7 +25,7 @@ from lipsync.errors import (
     InputNotFound,
     InputTooLarge,
     InvalidSpec,
-    LipSyncError,
+    StorageMisconfigured,
     StorageUnavailable,
 )
 from lipsync.io import s3
@@ -101,7 +101,7 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s3.client_from_env() is s3.client_from_env(), "one client per process"
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://user:pass-word@minio.storage/s3")
-    with pytest.raises(LipSyncError, match="no path") as err:
+    with pytest.raises(StorageMisconfigured, match="no path") as err:
         s3.client_from_env()
     assert "pass-word" not in str(err.value)
 
@@ -325,7 +325,7 @@ def test_tls_with_a_private_ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
         monkeypatch.delenv("AWS_CA_BUNDLE")  # trust only the public CAs: a configuration error
         start = time.monotonic()
-        with pytest.raises(LipSyncError, match="not trusted.*AWS_CA_BUNDLE"):
+        with pytest.raises(StorageMisconfigured, match="not trusted.*AWS_CA_BUNDLE"):
             s3.download(f"s3://{BUCKET}/in/hello.txt", tmp_path / "b")
         assert time.monotonic() - start < 2, "not retried"
 

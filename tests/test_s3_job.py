@@ -75,5 +75,6 @@ def test_missing_input_key(s3_server, inputs, tmp_path):
                     output={"uri": "s3://lipsync/renders/x"})
     proc = run_cli("run", str(path), "--log-format", "json")
     assert proc.returncode == REASONS["InputNotFound"].exit_code
-    assert "s3://lipsync/inputs/nope.mp4" in proc.stdout
+    failed = [json.loads(line) for line in proc.stdout.splitlines() if '"failed"' in line]
+    assert failed[-1]["stage"] == "fetch" and "s3://lipsync/inputs/nope.mp4" in failed[-1]["msg"]
     assert keys("renders/") == []

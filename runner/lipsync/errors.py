@@ -88,6 +88,12 @@ class ModelTimeout(LipSyncError):
     reason = "ModelTimeout"
 
 
+class StorageMisconfigured(LipSyncError):
+    """The store cannot be used as configured (endpoint, TLS trust, a request it refuses): retrying will not help."""
+
+    reason = "StorageMisconfigured"
+
+
 class StorageUnavailable(LipSyncError):
     """A network store (https, S3) did not answer or answered 5xx: retried with backoff."""
 
@@ -122,6 +128,7 @@ REASONS: dict[str, Reason] = {
     "ModelFailed": Reason(21, False, "the model failed"),
     "ModelTimeout": Reason(22, False, "the model ran past its time limit"),
     "EncodeFailed": Reason(23, False, "ffmpeg failed to encode or mux the output"),
+    "StorageMisconfigured": Reason(24, False, "the S3 endpoint, TLS trust or request is wrong"),
     "StorageUnavailable": Reason(75, True, "storage did not answer; retried"),
     "InternalError": Reason(1, True, "an unexpected error"),
 }

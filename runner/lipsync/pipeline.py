@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from .errors import InvalidMedia, LipSyncError, NoFaceFound
 from .io.fetch import fetch, is_remote, local_path, sha256
 from .io.probe import AudioInfo, VideoInfo, probe_audio, probe_video
 from .io.publish import ARTIFACTS, check_existing, open_store, publish, refuse_other
-from .metrics import Metrics
+from .metrics import Metrics, StageFigures
 from .models import ClipModel, FrameModel, load_model
 from .preview import Sheet, pick
 from .spec import LipSyncJob, LipSyncJobSpec
@@ -223,13 +224,24 @@ def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False,
             run_log.close()
 
 
+@contextmanager
+def stage(metrics: Metrics, name: str) -> Iterator[StageFigures]:
+    """Time a stage, and name it in any error raised inside that does not name its own."""
+    try:
+        with metrics.stage(name) as fig:
+            yield fig
+    except LipSyncError as e:
+        e.stage = e.stage or name
+        raise
+
+
 def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, force: bool,
          metrics: Metrics, progress: log.Progress) -> Result:
     name = job.metadata.name
     store = open_store(resolve(spec.output.uri, base_dir))
     log.event(f"job {name}: {spec.model.name} model", event="start", job=name, output=store.uri)
 
-    with metrics.stage("fetch"):
+    with stage(metrics, "fetch"):
         inputs = fetch_inputs(spec, scratch, base_dir)
         ident = identity(job, inputs.checksums)
         verdict, found = check_existing(store, ident)
@@ -243,7 +255,7 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
         model = load_model(spec, inputs.weights)
     progress.update("fetch", 1.0)
 
-    with metrics.stage("track") as fig:
+    with stage(metrics, "track") as fig:
         boxes, sc = track_faces(spec, inputs, video_info, lambda f: progress.update("track", f))
         fig.frames = sc.frames
     plan = make_plan(spec, video_info, audio_info, sc.frames)
@@ -254,7 +266,7 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
     source = Source(inputs.video, video_info.width, video_info.height, video_info.fps, plan.n_src)
     sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
     video_only = scratch / "encoded.mp4"
-    with metrics.stage("render") as fig:
+    with stage(metrics, "render") as fig:
         speech = load_mono(inputs.audio, model.audio_rate)
         on_render = lambda f: progress.update("render", f)  # noqa: E731
         if isinstance(model, ClipModel):
@@ -266,7 +278,7 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
             fig.frames = render(spec, model, source, plan, boxes, video_only, sheet, on_render, batch)
 
     output = scratch / "output.mp4"
-    with metrics.stage("remux"):
+    with stage(metrics, "remux"):
         remux(video_only, inputs.audio, output, audio_codec=audio_info.codec, duration=plan.trim_audio_to)
     progress.update("remux", 1.0)
 
@@ -287,7 +299,7 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
                        "detector_calls": sc.detector_calls, "shots": len(sc.cuts),
                        "box_jitter": track.jitter(boxes)},
     })
-    with metrics.stage("publish"):
+    with stage(metrics, "publish"):
         meta = {"job": name, "uid": job.metadata.uid or "", "model": spec.model.name,
                 **{f"sha256-{k}": v for k, v in inputs.checksums.items()}}
         artifacts = {ARTIFACTS[n][0]: f"{store.uri.rstrip('/')}/{n}" for n in [*files, "run.log", "metrics.json"]}

@@ -54,7 +54,9 @@ from ..errors import (
     InputNotFound,
     InputTooLarge,
     InvalidSpec,
+    InvalidWeights,
     LipSyncError,
+    StorageMisconfigured,
     StorageUnavailable,
 )
 
@@ -124,7 +126,7 @@ def _parse_endpoint(url: str) -> tuple[str, bool]:
     """``https://minio.storage:9000`` → ("minio.storage:9000", True); the scheme decides TLS."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-        raise LipSyncError(
+        raise StorageMisconfigured(
             f"the S3 endpoint {parts.scheme}://{parts.hostname}{parts.path} (AWS_ENDPOINT_URL_S3 or "
             "AWS_ENDPOINT_URL) must be http(s)://host[:port] with no path"
         )
@@ -218,13 +220,13 @@ def _permanent(exc: Exception, uri: str) -> LipSyncError | None:
         status = exc.response.status if exc.response is not None else 0
         if exc.code in _TRANSIENT_CODES or status >= 500 or status in (408, 429):
             return None
-        return LipSyncError(f"{uri}: the store refused the request ({exc.code}: {exc.message})")
+        return StorageMisconfigured(f"{uri}: the store refused the request ({exc.code}: {exc.message})")
     if isinstance(exc, ServerError) and exc.status_code < 500:
-        return LipSyncError(f"{uri}: the store answered HTTP {exc.status_code}")
+        return StorageMisconfigured(f"{uri}: the store answered HTTP {exc.status_code}")
     if isinstance(exc, urllib3.exceptions.SSLError) and any(
         isinstance(a, ssl.SSLCertVerificationError) for a in exc.args
     ):
-        return LipSyncError(
+        return StorageMisconfigured(
             f"{uri}: the store's TLS certificate is not trusted ({exc.args[0]}); if it is signed by a "
             "private CA, point AWS_CA_BUNDLE at that CA's certificate"
         )
@@ -367,7 +369,7 @@ def _relative_key(prefix: str, key: str, uri_prefix: str) -> PurePosixPath:
     """A listed key relative to the prefix, refused if it could climb out of the destination."""
     rel = PurePosixPath(key[len(prefix) :])
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-        raise LipSyncError(f"{uri_prefix}: refusing the key {key!r}, which leaves the destination folder")
+        raise InvalidWeights(f"{uri_prefix}: refusing the key {key!r}, which leaves the destination folder")
     return rel
 
 
