@@ -208,6 +208,12 @@ def test_latentsync_command_line(latentsync_home, weights, tmp_path, options, co
     assert model.env["HF_HUB_OFFLINE"] == "1"
 
 
+def test_latentsync_deep_cache_flag(latentsync_home, weights, tmp_path):
+    argv = latentsync(weights, deepCache=True).command(clip_job(tmp_path, 256))
+    assert argv[argv.index("--seed") + 2] == "--enable_deepcache"
+    assert "--enable_deepcache" not in latentsync(weights).command(clip_job(tmp_path, 256))
+
+
 def test_latentsync_runs_in_a_private_copy_of_the_checkout(latentsync_home, weights, tmp_path):
     model = latentsync(weights, timeoutSeconds=60)
     run_dir = model.workdir(clip_job(tmp_path, 256))

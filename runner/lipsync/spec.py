@@ -79,10 +79,11 @@ class CommandOptions(_Model):
 
 class LatentSyncOptions(_Model):
     version: Literal["1.5", "1.6"] = Field("1.5", description="1.5 runs at 256 px, 1.6 at 512 px.")
-    inference_steps: int = Field(20, ge=1, le=200)
-    guidance_scale: float = Field(1.5, ge=0.0, le=20.0)
-    seed: int = Field(1247, ge=0)
-    timeout_seconds: int = Field(7200, ge=1)
+    inference_steps: int = Field(20, ge=1, le=200, description="Diffusion denoising steps: more is slower and finer.")
+    guidance_scale: float = Field(1.5, ge=0.0, le=20.0, description="Classifier-free guidance: how strongly the audio steers the mouth.")
+    seed: int = Field(1247, ge=0, description="Random seed, for repeatable renders.")
+    deep_cache: bool = Field(False, description="LatentSync's DeepCache: faster inference, slightly softer detail.")
+    timeout_seconds: int = Field(7200, ge=1, description="Kill LatentSync after this long.")
 
 
 MODEL_OPTIONS: dict[str, type[_Model]] = {
@@ -168,7 +169,8 @@ class OutputSpec(_Model):
     uri: str = Field(..., description="Where artifacts go: a local folder, or an s3://bucket/prefix.")
     video_codec: Literal["libx264", "libx265"] = Field("libx264", description="Encoder for the output video.")
     crf: int = Field(18, ge=0, le=51, description="Constant rate factor: lower is better quality.")
-    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = "medium"
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = Field(
+        "medium", description="Encoder speed preset: faster presets trade file size for time.")
     preview: bool = Field(True, description="Write preview.jpg, a before/after contact sheet.")
     overwrite: bool = Field(False, description="Replace a finished render of another job at this output.")
 
@@ -227,16 +229,18 @@ class Condition(_Model):
 class LipSyncJobStatus(_Model):
     """Written by the operator through the status subresource."""
 
-    phase: Literal["Pending", "Queued", "Running", "Succeeded", "Failed"] | None = None
-    progress: int | None = Field(None, ge=0, le=100)
-    stage: str | None = None
-    started_at: str | None = None
-    finished_at: str | None = None
-    artifacts: dict[str, str] | None = None
-    reason: str | None = None
-    message: str | None = None
-    observed_generation: int | None = None
-    conditions: list[Condition] | None = None
+    phase: Literal["Pending", "Queued", "Running", "Succeeded", "Failed"] | None = Field(
+        None, description="Pending → Queued (waiting for the GPU budget) → Running → Succeeded or Failed.")
+    progress: int | None = Field(None, ge=0, le=100, description="Percent done, updated every few seconds while Running.")
+    stage: str | None = Field(None, description="The pipeline stage running now: fetch, track, render, remux, publish.")
+    started_at: str | None = Field(None, description="When the render's Job started (RFC 3339).")
+    finished_at: str | None = Field(None, description="When it succeeded or failed (RFC 3339).")
+    artifacts: dict[str, str] | None = Field(None, description="URIs of video, preview, metrics and log.")
+    reason: str | None = Field(None, description="Why it failed: a reason code such as NoFaceFound or InvalidWeights.")
+    message: str | None = Field(None, description="What happened and what to do, for a person.")
+    observed_generation: int | None = Field(None, description="The spec generation this status describes.")
+    conditions: list[Condition] | None = Field(
+        None, description="kstatus conditions Ready, Reconciling and Stalled, as Argo CD and Flux read them.")
 
 
 class LipSyncJob(BaseModel):

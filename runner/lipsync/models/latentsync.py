@@ -60,6 +60,7 @@ class LatentSyncModel(CommandModel):
                 "--inference_steps", str(options.inference_steps),
                 "--guidance_scale", str(options.guidance_scale),
                 "--seed", str(options.seed),
+                *(("--enable_deepcache",) if options.deep_cache else ()),
                 "--video_path", "{video}", "--audio_path", "{audio}", "--video_out_path", "{output}")
         return cls(argv=argv, crop_size=size, audio_rate=AUDIO_RATE, timeout_s=float(options.timeout_seconds),
                    name="latentsync", env={"HF_HUB_OFFLINE": "1"}, output_fps=FPS, extra_frames=EXTRA_FRAMES,
