@@ -1,0 +1,106 @@
+"""The contract between the operator and the runner, exercised across both for real.
+
+The operator's Job manifest is taken as the cluster would run it: the container's args and env
+are executed with the real `lipsync` CLI; what the runner leaves behind (exit code, termination
+message, JSON progress lines) is then read back through the operator's own status functions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lipsync.errors import REASONS
+from lipsync.spec import parse_job
+from lipsync_operator import jobs, status
+from lipsync_operator.settings import Settings
+
+from .media import clip, run_cli, speech
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("contract")
+    clip(d / "face.mp4", seconds=1.0)
+    speech(d / "speech.wav", text="Hello operator.")
+    from lipsync.sample import VideoRecipe, make_video
+
+    make_video(d / "empty.mp4", VideoRecipe(width=320, height=180, seconds=1.0, motions=()))
+    return d
+
+
+def cluster_job(tmp_path: Path, video: Path, audio: Path) -> dict:
+    doc = {"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
+           "metadata": {"name": "promo", "namespace": "media", "uid": "1f0c-uid"},
+           "spec": {"video": str(video), "audio": str(audio), "output": {"uri": str(tmp_path / "out"), "preset": "ultrafast"}}}
+    return jobs.job_manifest(parse_job(doc), Settings())
+
+
+def run_pod(manifest: dict, tmp_path: Path) -> tuple[dict, str]:
+    """Run the Job's container command locally; return the pod status a kubelet would report."""
+    (container,) = manifest["spec"]["template"]["spec"]["containers"]
+    assert container["terminationMessagePath"] == container_env(container)["LIPSYNC_RESULT_FILE"]
+    result = tmp_path / "termination-log"
+    env = {**container_env(container), "LIPSYNC_RESULT_FILE": str(result)}
+    args = container["args"]
+    assert args[0] == "lipsync"
+    proc = run_cli(*args[1:], env=env)
+    pod = {"status": {
+        "phase": "Succeeded" if proc.returncode == 0 else "Failed",
+        "containerStatuses": [{"name": jobs.CONTAINER, "state": {"terminated": {
+            "exitCode": proc.returncode, "message": result.read_text() if result.exists() else "",
+            "finishedAt": "2026-11-25T10:00:00Z"}}}]}}
+    return pod, proc.stdout
+
+
+def container_env(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def finished_job(manifest: dict, condition: str, reason: str | None = None) -> dict:
+    cond = {"type": condition, "status": "True", "lastTransitionTime": "2026-11-25T10:00:01Z"}
+    if reason:
+        cond["reason"] = reason
+    return {**manifest, "status": {"startTime": "2026-11-25T09:59:00Z", "conditions": [cond],
+                                   "completionTime": "2026-11-25T10:00:01Z"}}
+
+
+def test_success_reaches_status_with_artifacts_and_progress(media, tmp_path):
+    manifest = cluster_job(tmp_path, media / "face.mp4", media / "speech.wav")
+    pod, stdout = run_pod(manifest, tmp_path)
+    assert pod["status"]["phase"] == "Succeeded"
+    assert status.last_progress(stdout) == (100, "publish")
+    st = status.from_job(None, finished_job(manifest, "Complete"), [pod], generation=1, now="2026-11-25T10:00:02Z")
+    assert st["phase"] == "Succeeded" and st["progress"] == 100
+    assert st["artifacts"]["video"] == str(tmp_path / "out" / "output.mp4")
+    assert Path(st["artifacts"]["video"]).stat().st_size > 0
+    ready = {c["type"]: c["status"] for c in st["conditions"]}
+    assert ready["Ready"] == "True" and ready.get("Stalled", "False") == "False"
+
+
+def test_permanent_failure_fails_the_job_with_the_runners_reason(media, tmp_path):
+    manifest = cluster_job(tmp_path, media / "empty.mp4", media / "speech.wav")
+    pod, _ = run_pod(manifest, tmp_path)
+    code = pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]
+    assert code == REASONS["NoFaceFound"].exit_code
+    # The Job's podFailurePolicy fails the Job at once on this code (no retry on a GPU).
+    rules = manifest["spec"]["podFailurePolicy"]["rules"]
+    fail_now = [r for r in rules if r["action"] == "FailJob"]
+    assert any(code in r["onExitCodes"]["values"] for r in fail_now if "onExitCodes" in r)
+    st = status.from_job(None, finished_job(manifest, "Failed", "PodFailurePolicy"), [pod], generation=1,
+                         now="2026-11-25T10:00:02Z")
+    assert st["phase"] == "Failed" and st["reason"] == "NoFaceFound"
+    assert "no face was found" in st["message"]
+    stalled = {c["type"]: c for c in st["conditions"]}["Stalled"]
+    assert stalled["status"] == "True" and stalled["reason"] == "NoFaceFound"
+    assert not (tmp_path / "out").exists()
+
+
+def test_result_message_fits_a_termination_message(media, tmp_path):
+    manifest = cluster_job(tmp_path, media / "face.mp4", media / "speech.wav")
+    pod, _ = run_pod(manifest, tmp_path)
+    message = pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+    assert len(message.encode()) <= 4096  # the kubelet truncates termination messages beyond 4 KiB
+    assert json.loads(message)["phase"] == "Succeeded"
