@@ -24,6 +24,7 @@ OPERATOR_ENV = {
     "LIPSYNC_PRIORITY_CLASS", "LIPSYNC_S3_SECRET", "LIPSYNC_S3_ENDPOINT",
     "LIPSYNC_ACTIVE_DEADLINE_SECONDS", "LIPSYNC_TTL_SECONDS_AFTER_FINISHED", "LIPSYNC_BACKOFF_LIMIT",
     "LIPSYNC_RUNNER_CPU", "LIPSYNC_RUNNER_MEMORY", "LIPSYNC_PROGRESS_INTERVAL", "LIPSYNC_METRICS_PORT",
+    "LIPSYNC_HEALTH_PORT",
 }
 
 CUSTOM_VALUES: dict[str, Any] = {
@@ -46,7 +47,7 @@ CUSTOM_VALUES: dict[str, Any] = {
     "s3": {"endpoint": "http://minio.minio:9000", "createSecret": True,
            "accessKeyId": "minio", "secretAccessKey": "minio-secret"},
     "metrics": {"port": 9100, "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
-    "operator": {"extraArgs": ["--verbose"], "nodeSelector": {"kubernetes.io/os": "linux"}},
+    "operator": {"extraArgs": ["--verbose"], "nodeSelector": {"kubernetes.io/os": "linux"}, "healthPort": 8081},
 }
 
 
@@ -140,7 +141,7 @@ def test_operator_pod_is_locked_down(name: str):
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     for probe in ("livenessProbe", "readinessProbe"):
         get = c[probe]["httpGet"]
-        assert get["path"] == "/healthz" and ports[get["port"]] == 8080
+        assert get["path"] == "/healthz" and ports[get["port"]] == VALUE_SETS[name].get("operator", {}).get("healthPort", 8080)
     assert ":latest" not in c["image"] and ":" in c["image"]
     # args, not command: the image's ENTRYPOINT (tini, PID 1) stays in front of the operator
     assert "command" not in c and c["args"][0] == "lipsync-operator"
@@ -320,3 +321,16 @@ def test_install_doc_matches_the_chart(doc_path: str):
         for part in key.split("."):
             assert isinstance(node, dict) and part in node, f"{doc_path} names {key}, not in values.yaml"
             node = node[part]
+
+
+def test_health_port_reaches_the_operator():
+    """A non-default health port moves the probes and the port kopf listens on together."""
+    from lipsync_operator.main import kopf_args
+    from lipsync_operator.settings import Settings
+
+    docs = render(CUSTOM_VALUES)
+    c = operator_container(docs)
+    port = {p["name"]: p["containerPort"] for p in c["ports"]}["health"]
+    assert port == 8081 and c["livenessProbe"]["httpGet"]["port"] in ("health", 8081)
+    settings = Settings.from_env(env_of(docs))
+    assert f"--liveness=http://0.0.0.0:{port}/healthz" in kopf_args(settings=settings)

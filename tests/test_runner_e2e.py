@@ -258,3 +258,19 @@ def test_artifacts_are_ordinary_readable_files(media, tmp_path):
     for f in out.parent.iterdir():
         assert f.stat().st_mode & 0o044 == 0o044, f  # group/other can read, as any file the user writes
     assert not [f for f in out.parent.iterdir() if f.name.startswith(".")]  # no temporary names left
+
+
+def test_an_interrupted_replacement_is_not_mistaken_for_a_finished_render(media, tmp_path):
+    from lipsync.errors import LipSyncError
+
+    spec = dict(video=str(media / "still.mp4"), audio=str(media / "speech.wav"))
+    out, _ = render(tmp_path, **spec)
+    (out.parent / "preview.jpg").unlink()
+    (out.parent / "preview.jpg").mkdir()  # publishing the replacement's preview will fail
+    other = load_jobs(job_file(tmp_path, name="other", **spec))[0]
+    with pytest.raises(LipSyncError) as failed:
+        run_job(other, base_dir=tmp_path, force=True)
+    assert failed.value.stage == "publish" and failed.value.reason == "InternalError"
+    # output.mp4 is already the replacement's; the first job must not take it for its own render.
+    with pytest.raises(OutputExists, match="unfinished replacement by job 'other'"):
+        run_job(load_jobs(job_file(tmp_path, **spec))[0], base_dir=tmp_path)

@@ -100,8 +100,11 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
     requests = {k: v for k, v in (("cpu", settings.runner_cpu), ("memory", settings.runner_memory)) if v}
     if requests:
         resources["requests"] = requests
+    limits = {"memory": settings.runner_memory} if settings.runner_memory else {}  # OOM-killed, not the node
     if gpu:
-        resources["limits"] = {settings.gpu_resource: "1"}
+        limits[settings.gpu_resource] = "1"
+    if limits:
+        resources["limits"] = limits
 
     container: dict[str, Any] = {
         "name": CONTAINER,

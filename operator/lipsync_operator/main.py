@@ -3,7 +3,7 @@
 * ``--standalone``: one replica, no peering (no kopfpeerings CRD, no RBAC for it);
 * ``--all-namespaces``: LipSyncJobs in any namespace (hence a ClusterRole);
 * ``--log-format=json``: one JSON object per log line;
-* ``--liveness=http://0.0.0.0:8080/healthz``: the pod's liveness probe.
+* ``--liveness=http://0.0.0.0:$LIPSYNC_HEALTH_PORT/healthz`` (8080): the pod's probes.
 
 Extra arguments are passed on to ``kopf run`` (e.g. ``--verbose``).
 """
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import sys
 
-LIVENESS = "http://0.0.0.0:8080/healthz"
+from .settings import Settings
 
 
-def kopf_args(extra: list[str] | None = None) -> list[str]:
+def kopf_args(extra: list[str] | None = None, settings: Settings | None = None) -> list[str]:
+    liveness = f"http://0.0.0.0:{(settings or Settings()).health_port}/healthz"
     return [
-        "run", "--standalone", "--all-namespaces", "--log-format=json", f"--liveness={LIVENESS}",
+        "run", "--standalone", "--all-namespaces", "--log-format=json", f"--liveness={liveness}",
         "-m", "lipsync_operator.handlers", *(extra or []),
     ]
 
@@ -25,14 +26,14 @@ def kopf_args(extra: list[str] | None = None) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     from kopf.cli import main as kopf_main
 
-    from .settings import Settings, SettingsError
+    from .settings import SettingsError
 
     try:
-        Settings.from_env()  # fail fast, naming the variable, before kopf starts
+        settings = Settings.from_env()  # fail fast, naming the variable, before kopf starts
     except SettingsError as e:
         print(f"lipsync-operator: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    kopf_main(args=kopf_args(sys.argv[1:] if argv is None else argv), prog_name="lipsync-operator")
+    kopf_main(args=kopf_args(sys.argv[1:] if argv is None else argv, settings), prog_name="lipsync-operator")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -60,6 +60,7 @@ class Settings:
     runner_memory: str | None = None
     progress_interval: float = 5.0
     metrics_port: int = 9090
+    health_port: int = 8080
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -118,5 +119,6 @@ class Settings:
             runner_memory=text("LIPSYNC_RUNNER_MEMORY"),
             progress_interval=number("LIPSYNC_PROGRESS_INTERVAL", cls.progress_interval, float, minimum=0.1),
             metrics_port=number("LIPSYNC_METRICS_PORT", cls.metrics_port),
+            health_port=number("LIPSYNC_HEALTH_PORT", cls.health_port, minimum=1),
         )
 

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 
 from lipsync.errors import REASONS, reason_for_exit_code
 
-from .jobs import CONTAINER
+from .jobs import CONTAINER, KUEUE_QUEUE_LABEL
 
 TERMINAL = frozenset({"Succeeded", "Failed"})
 IN_PROGRESS = frozenset({"Pending", "Queued", "Running"})
@@ -257,7 +257,8 @@ def from_job(current: Mapping[str, Any] | None, job: Mapping[str, Any], pods: li
         )
 
     if (job.get("spec") or {}).get("suspend"):
-        return queued(current, generation=generation, now=now, kueue="kueue")
+        labels = (job.get("metadata") or {}).get("labels") or {}
+        return queued(current, generation=generation, now=now, kueue=labels.get(KUEUE_QUEUE_LABEL, "kueue"))
 
     active = int(jstatus.get("active") or 0)
     ready = int(jstatus.get("ready") or 0)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import log
-from .errors import REASONS, LipSyncError
+from .errors import REASONS, InvalidSpec, LipSyncError
 from .spec import LipSyncJob, iter_job_files, load_jobs, parse_job
 
 
@@ -29,12 +29,11 @@ def _jobs_from_args(args: argparse.Namespace) -> list[tuple[LipSyncJob, Path]]:
     if args.job_env:
         raw = os.environ.get(args.job_env)
         if not raw:
-            raise LipSyncError(f"environment variable {args.job_env} is empty", stage="validate")
+            raise InvalidSpec(f"environment variable {args.job_env} is empty: it must hold the job as JSON",
+                              stage="validate")
         try:
             doc = json.loads(raw)
         except ValueError as e:
-            from .errors import InvalidSpec
-
             raise InvalidSpec(f"{args.job_env} is not JSON: {e}", stage="validate") from None
         return [(parse_job(doc, source=args.job_env), Path.cwd())]
     return [(job, f.parent) for f in iter_job_files(args.files) for job in load_jobs(f, only_jobs=True)]
@@ -53,19 +52,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return REASONS["InvalidSpec"].exit_code
     from .pipeline import run_job
 
-    worst = 0
+    first_failure = 0
     for job, base in jobs:
         try:
             result = run_job(job, base_dir=base, force=args.force, bar=fmt == "text" and sys.stderr.isatty())
         except LipSyncError as e:
             _write_result({"phase": "Failed", "reason": e.reason, "message": str(e), "artifacts": {}})
-            worst = worst or e.exit_code
+            first_failure = first_failure or e.exit_code
             continue
         verb = "unchanged" if result.status == "unchanged" else "done"
         log.event(f"{job.metadata.name}: {verb}: {result.artifacts.get('video', '')}", event=result.status,
                   job=job.metadata.name, artifacts=result.artifacts)
         _write_result({"phase": "Succeeded", "reason": None, "message": verb, "artifacts": result.artifacts})
-    return worst
+    return first_failure  # the exit status of the first job that failed, 0 if none
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ class TextFormatter(logging.Formatter):
         )
 
 
-def setup(fmt: str = "auto", *, file: str | None = None, level: int = logging.INFO) -> str:
+def setup(fmt: str = "auto", *, level: int = logging.INFO) -> str:
     """Configure the 'lipsync' logger; returns the format chosen ('text' or 'json')."""
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
@@ -47,16 +47,15 @@ def setup(fmt: str = "auto", *, file: str | None = None, level: int = logging.IN
     LOG.propagate = False
     console = logging.StreamHandler(sys.stderr if fmt == "text" else sys.stdout)
     console.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
+    console.addFilter(lambda record: getattr(record, "console", True))
     LOG.addHandler(console)
-    if file:
-        fh = logging.FileHandler(file)
-        fh.setFormatter(JsonFormatter())
-        LOG.addHandler(fh)
     return fmt
 
 
-def event(msg: str, level: int = logging.INFO, **fields: Any) -> None:
-    LOG.log(level, msg, extra={"fields": fields})
+def event(msg: str, level: int = logging.INFO, *, console: bool = True, **fields: Any) -> None:
+    """One structured log line. ``console=False`` keeps it out of the console (stdout in a pod,
+    where the operator reads progress) and in run.log only: for a model's own chatter."""
+    LOG.log(level, msg, extra={"fields": fields, "console": console})
 
 
 class Progress:

@@ -6,10 +6,13 @@ kept for the whole clip is the face track (a few numbers a frame).
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +27,7 @@ from .clip import render_clip
 from .errors import InvalidMedia, LipSyncError, NoFaceFound
 from .io.fetch import fetch, is_remote, local_path, sha256
 from .io.probe import AudioInfo, VideoInfo, probe_audio, probe_video
-from .io.publish import ARTIFACTS, check_existing, open_store, publish, refuse_other
+from .io.publish import ARTIFACTS, check_existing, mark_replacing, open_store, publish, refuse_other
 from .metrics import Metrics, StageFigures
 from .models import ClipModel, FrameModel, load_model
 from .preview import Sheet, pick
@@ -93,11 +96,22 @@ def fetch_weights(uri: str, scratch: Path) -> Path:
 
         if uri.endswith("/"):
             return s3.download_prefix(uri, scratch / "weights")
-        return s3.download_cached(uri, Path(os.environ.get("LIPSYNC_CACHE", scratch / "cache")))
+        return s3.download_cached(uri, weights_cache())
     p = local_path(uri)
     if p.is_dir():
         return p
     return fetch(uri, scratch, field="spec.model.weights")
+
+
+@functools.cache
+def weights_cache() -> Path:
+    """Where fetched weights are kept for the life of this process (``LIPSYNC_CACHE``, or a
+    temporary folder removed at exit): jobs run one after another by one process share it."""
+    if os.environ.get("LIPSYNC_CACHE"):
+        return Path(os.environ["LIPSYNC_CACHE"])
+    folder = Path(tempfile.mkdtemp(prefix="lipsync-weights-", dir=os.environ.get("LIPSYNC_SCRATCH")))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def make_plan(spec: LipSyncJobSpec, video: VideoInfo, audio: AudioInfo, n_src: int) -> Plan:
@@ -226,13 +240,16 @@ def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False,
 
 @contextmanager
 def stage(metrics: Metrics, name: str) -> Iterator[StageFigures]:
-    """Time a stage, and name it in any error raised inside that does not name its own."""
+    """Time a stage, and name it in any error raised inside: one without a stage gets this one,
+    and an unexpected exception becomes an InternalError (retried) that says where it happened."""
     try:
         with metrics.stage(name) as fig:
             yield fig
     except LipSyncError as e:
         e.stage = e.stage or name
         raise
+    except Exception as e:
+        raise LipSyncError(f"unexpected {type(e).__name__}: {e}", stage=name) from e
 
 
 def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, force: bool,
@@ -246,7 +263,6 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
         ident = identity(job, inputs.checksums)
         verdict, found = check_existing(store, ident)
         if verdict == "same-job" and not force:
-            log.event(f"{store.uri} already holds this job's render: nothing to do", event="unchanged", job=name)
             return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
         if verdict == "other-job" and not (force or spec.output.overwrite):
             raise refuse_other(store, found)
@@ -282,9 +298,6 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
         remux(video_only, inputs.audio, output, audio_codec=audio_info.codec, duration=plan.trim_audio_to)
     progress.update("remux", 1.0)
 
-    files = {"output.mp4": output}
-    if sheet.write(scratch / "preview.jpg", plan.fps):
-        files["preview.jpg"] = scratch / "preview.jpg"
     with_face = sum(boxes[s] is not None for s in order)
     metrics.extra.update({
         "identity": ident,
@@ -300,11 +313,16 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
                        "box_jitter": track.jitter(boxes)},
     })
     with stage(metrics, "publish"):
+        files = {"output.mp4": output}
+        if sheet.write(scratch / "preview.jpg", plan.fps):
+            files["preview.jpg"] = scratch / "preview.jpg"
+        if verdict != "absent":  # replacing a render: it must stop looking finished before any file changes
+            mark_replacing(store, ident, scratch)
         meta = {"job": name, "uid": job.metadata.uid or "", "model": spec.model.name,
                 **{f"sha256-{k}": v for k, v in inputs.checksums.items()}}
         artifacts = {ARTIFACTS[n][0]: f"{store.uri.rstrip('/')}/{n}" for n in [*files, "run.log", "metrics.json"]}
         metrics.extra["artifacts"] = artifacts
-        log.event(f"rendered {plan.n_out} frames", event="rendered", job=name, **metrics.as_dict()["stages"]["render"])
+        log.event(f"rendered {plan.n_out} frames", event="render-done", job=name, **metrics.as_dict()["stages"]["render"])
         files["run.log"] = scratch / "run.log"
         (scratch / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
         files["metrics.json"] = scratch / "metrics.json"

@@ -232,7 +232,7 @@ class LipSyncJobStatus(_Model):
     phase: Literal["Pending", "Queued", "Running", "Succeeded", "Failed"] | None = Field(
         None, description="Pending → Queued (waiting for the GPU budget) → Running → Succeeded or Failed.")
     progress: int | None = Field(None, ge=0, le=100, description="Percent done, updated every few seconds while Running.")
-    stage: str | None = Field(None, description="The pipeline stage running now: fetch, track, render, remux, publish.")
+    stage: str | None = Field(None, description="Where the render is: starting, then fetch, track, render, remux, publish, then done.")
     started_at: str | None = Field(None, description="When the render's Job started (RFC 3339).")
     finished_at: str | None = Field(None, description="When it succeeded or failed (RFC 3339).")
     artifacts: dict[str, str] | None = Field(None, description="URIs of video, preview, metrics and log.")

@@ -140,3 +140,16 @@ def test_manifest_passes_the_kubernetes_openapi_schema(version):
     for settings in (Settings(), full):
         for model in (None, {"name": "baseline"}):
             kv.validate(job_manifest(job(model), settings), version, strict=True)
+
+
+def test_runner_memory_is_requested_and_limited():
+    from lipsync.spec import parse_job
+    from lipsync_operator.jobs import job_manifest
+    from lipsync_operator.settings import Settings
+
+    doc = {"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
+           "metadata": {"name": "m", "namespace": "n", "uid": "u"},
+           "spec": {"video": "s3://media/v.mp4", "audio": "s3://media/a.wav", "output": {"uri": "s3://media/o"}}}
+    manifest = job_manifest(parse_job(doc), Settings(runner_memory="8Gi"))
+    resources = manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["memory"] == resources["limits"]["memory"] == "8Gi"

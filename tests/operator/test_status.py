@@ -149,3 +149,12 @@ def test_status_matches_the_schema():
     LipSyncJobStatus.model_validate(st)
     LipSyncJobStatus.model_validate(S.invalid({}, "spec.x: bad", 1, NOW))
     LipSyncJobStatus.model_validate(S.queued({}, generation=1, now=NOW, budget=2))
+
+
+def test_kueue_status_names_the_jobs_queue():
+    from lipsync_operator import status as st
+
+    job = {"metadata": {"name": "lipsync-a-1", "labels": {"kueue.x-k8s.io/queue-name": "gpu-a100"}},
+           "spec": {"suspend": True}, "status": {}}
+    out = st.from_job(None, job, [], generation=1, now="2026-11-25T10:00:00Z")
+    assert out["phase"] == "Queued" and "gpu-a100" in out["message"]

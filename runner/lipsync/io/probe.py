@@ -29,7 +29,6 @@ class AudioInfo:
     sample_rate: int
     channels: int
     duration: float
-    bits: int  # bits per raw sample for PCM-like codecs, 0 otherwise
 
 
 def _ffprobe(path: Path, field: str) -> dict:
@@ -117,5 +116,4 @@ def probe_audio(path: Path, field: str = "spec.audio") -> AudioInfo:
     duration = _duration(info, s)
     if duration <= 0:
         raise InvalidMedia(f"{field} {str(path)!r}: the audio stream has no duration", stage="probe")
-    return AudioInfo(s.get("codec_name", "?"), int(s.get("sample_rate", 0)), int(s.get("channels", 0)), duration,
-                     int(s.get("bits_per_raw_sample") or s.get("bits_per_sample") or 0))
+    return AudioInfo(s.get("codec_name", "?"), int(s.get("sample_rate", 0)), int(s.get("channels", 0)), duration)

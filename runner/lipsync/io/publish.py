@@ -94,11 +94,26 @@ def check_existing(store: Store, identity: dict) -> tuple[Verdict, dict | None]:
     return "other-job", found
 
 
+def mark_replacing(store: Store, identity: dict, scratch: Path) -> None:
+    """Before replacing a finished render, mark it unfinished: should the replacement stop half
+    way, no job (neither the old nor the new) mistakes the mix of files for its finished render."""
+    stub = scratch / "metrics.replacing.json"
+    stub.write_text(json.dumps({"identity": None, "replacing_with": identity}))
+    store.put("metrics.json", stub, content_type="application/json", metadata={"job": str(identity.get("job"))})
+
+
 def refuse_other(store: Store, found: dict | None) -> OutputExists:
-    who = (found or {}).get("identity", {})
-    desc = f"job {who.get('job')!r}" + (f" (uid {who['uid']})" if who.get("uid") else "") if who else "another render"
+    found = found or {}
+    who = found.get("identity") or {}
+    if found.get("replacing_with"):
+        who = found["replacing_with"]
+        desc = f"an unfinished replacement by job {who.get('job')!r}"
+    elif who:
+        desc = f"a finished render of job {who.get('job')!r}" + (f" (uid {who['uid']})" if who.get("uid") else "")
+    else:
+        desc = "another render"
     return OutputExists(
-        f"{store.uri} already holds a finished render of {desc}: choose another spec.output.uri, "
+        f"{store.uri} already holds {desc}: choose another spec.output.uri, "
         "or set spec.output.overwrite: true (CLI: --force) to replace it", stage="publish")
 
 

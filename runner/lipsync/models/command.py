@@ -121,7 +121,7 @@ def _log_lines(proc: subprocess.Popen, tail: deque[str], name: str) -> None:
         line = raw.decode(errors="replace").rstrip("\r\n").rsplit("\r", 1)[-1].rstrip()
         if line:
             tail.append(line)
-            log.event(line, event="model-output", model=name)
+            log.event(line, event="model-output", model=name, console=False)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import queue
 import subprocess
+import tempfile
 import threading
+from typing import IO
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -23,17 +25,23 @@ from ..errors import InvalidMedia
 _END = object()
 
 
+def tail(f: IO[bytes], limit: int = 4096) -> str:
+    """The last ``limit`` bytes of a process's captured stderr, as text."""
+    f.seek(0, 2)
+    f.seek(max(0, f.tell() - limit))
+    return f.read().decode(errors="replace").strip()
+
+
 def decode_command(path: Path, *, fps: Fraction, size: tuple[int, int] | None = None,
-                   start_frame: int = 0, frames: int | None = None, rate: Fraction | None = None) -> list[str]:
+                   start_frame: int = 0, frames: int | None = None) -> list[str]:
     """The ffmpeg argv that writes raw BGR frames to stdout.
 
     ``fps`` is the constant output rate; ``size`` scales (analysis pass);
-    ``start_frame``/``frames`` read a window, seeking to it (``rate`` converts frames to time).
+    ``start_frame``/``frames`` read a window, seeking to it (frames count at ``fps``).
     """
     in_kw: dict = {}
     if start_frame:
-        assert rate is not None
-        in_kw["ss"] = f"{max(0.0, (start_frame - 0.5) / float(rate)):.6f}"
+        in_kw["ss"] = f"{max(0.0, (start_frame - 0.5) / float(fps)):.6f}"
     stream = ffmpeg.input(str(path), **in_kw).video
     stream = stream.filter("fps", fps=str(fps))
     if size is not None:
@@ -50,9 +58,11 @@ class FrameReader:
     def __init__(self, argv: list[str], width: int, height: int, *, field: str = "spec.video", prefetch: int = 8) -> None:
         self.width, self.height, self.field = width, height, field
         self._frame_bytes = width * height * 3
-        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=self._frame_bytes)
+        # stderr goes to a file, not a pipe: a corrupt stream can log more than a pipe holds,
+        # and ffmpeg would block on it while this side waits for frames.
+        self._errors = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._errors, bufsize=self._frame_bytes)
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
-        self._stderr = b""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, daemon=True)
         self._thread.start()
@@ -74,11 +84,9 @@ class FrameReader:
         self._finish()
 
     def _finish(self) -> None:
-        assert self._proc.stderr is not None
-        self._stderr = self._proc.stderr.read()
         code = self._proc.wait()
         if code != 0 and not self._stop.is_set():
-            lines = self._stderr.decode(errors="replace").strip().splitlines()
+            lines = tail(self._errors).splitlines()
             detail = lines[-1] if lines else f"ffmpeg exit {code}"
             raise InvalidMedia(f"{self.field}: decoding failed ({detail}): the file may be corrupt or truncated", stage="decode")
 
@@ -92,6 +100,7 @@ class FrameReader:
             except queue.Empty:
                 pass
         self._proc.wait()
+        self._errors.close()
 
     def __enter__(self) -> "FrameReader":
         return self

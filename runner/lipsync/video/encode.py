@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import subprocess
+import tempfile
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -16,6 +17,7 @@ import ffmpeg
 import numpy as np
 
 from ..errors import EncodeFailed
+from .decode import tail
 
 _END = object()
 
@@ -38,7 +40,8 @@ class FrameWriter:
     def __init__(self, argv: list[str], width: int, height: int, *, depth: int = 8) -> None:
         self.width, self.height = width, height
         self._pad = (even(height) - height, even(width) - width)
-        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._errors = tempfile.TemporaryFile()  # a file, not a pipe nobody drains while frames flow
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=self._errors)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, daemon=True)
@@ -55,6 +58,8 @@ class FrameWriter:
                     self._error = e
 
     def write(self, frame: np.ndarray) -> None:
+        if self._error is not None:  # ffmpeg is gone: stop now, not after the model ran the whole clip
+            raise EncodeFailed(f"ffmpeg stopped taking frames ({self._error})", stage="encode")
         if frame.shape != (self.height, self.width, 3):
             raise ValueError(f"frame of shape {frame.shape}, expected {(self.height, self.width, 3)}")
         if any(self._pad):
@@ -65,13 +70,15 @@ class FrameWriter:
     def close(self) -> None:
         self._queue.put(_END)
         self._thread.join()
-        assert self._proc.stdin is not None and self._proc.stderr is not None
+        assert self._proc.stdin is not None
         try:
             self._proc.stdin.close()
         except BrokenPipeError:
             pass
-        err = self._proc.stderr.read().decode(errors="replace").strip()
-        if self._proc.wait() != 0 or self._error is not None:
+        code = self._proc.wait()
+        err = tail(self._errors)
+        self._errors.close()
+        if code != 0 or self._error is not None:
             raise EncodeFailed(f"ffmpeg could not encode the output: {err.splitlines()[-1] if err else self._error}", stage="encode")
 
     def abort(self) -> None:
@@ -79,6 +86,7 @@ class FrameWriter:
         self._queue.put(_END)
         self._thread.join()
         self._proc.wait()
+        self._errors.close()
 
     def __enter__(self) -> "FrameWriter":
         return self

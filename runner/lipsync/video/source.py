@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InvalidMedia
 from .decode import FrameReader, decode_command
 
 WINDOW = 16
@@ -37,14 +38,23 @@ class Source:
     n_src: int
 
     def _reader(self, start: int = 0, frames: int | None = None) -> FrameReader:
-        argv = decode_command(self.path, fps=self.fps, start_frame=start, frames=frames, rate=self.fps)
+        argv = decode_command(self.path, fps=self.fps, start_frame=start, frames=frames)
         return FrameReader(argv, self.width, self.height)
 
     def frames(self, n_out: int) -> Iterator[np.ndarray]:
         """Yields exactly ``n_out`` frames in output order."""
+        if self.n_src == 1:  # a still: decode once, show it throughout
+            with self._reader() as reader:
+                first = next(iter(reader), None)
+            if first is None:
+                raise InvalidMedia("spec.video decoded to no frames on the render pass", stage="render")
+            for _ in range(n_out):
+                yield first
+            return
         produced = 0
         forward = True
         while produced < n_out:
+            before = produced
             leg = self._forward() if forward else self._backward()
             for frame in leg:
                 if produced == n_out:
@@ -52,6 +62,8 @@ class Source:
                     break
                 yield frame
                 produced += 1
+            if forward and produced == before:  # never loop on a video that stopped decoding
+                raise InvalidMedia("spec.video decoded to no frames on the render pass", stage="render")
             forward = not forward
 
     def _forward(self) -> Iterator[np.ndarray]:
