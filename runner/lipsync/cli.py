@@ -103,6 +103,23 @@ def cmd_crd(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """A check of a finished render, apart from `run`: it needs SyncNet weights the user brings."""
+    from .score import score_video
+
+    try:
+        result = score_video(Path(args.video), Path(args.weights), audio=Path(args.audio) if args.audio else None)
+    except LipSyncError as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"LSE-D {result['lse_d']:.3f}  LSE-C {result['lse_c']:.3f}  best offset {result['best_offset']:+d} frames"
+              f" (positive: audio leads)  {result['windows']} windows of {result['frames']} frames")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lipsync", description="Lip-sync rendering: LipSyncJob YAML in, video out.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -124,6 +141,13 @@ def parser() -> argparse.ArgumentParser:
     smp = sub.add_parser("sample", help="make the sample clip and speech used by examples/job.yaml")
     smp.add_argument("folder", nargs="?", default="sample")
     smp.set_defaults(func=cmd_sample)
+
+    sc = sub.add_parser("score", help="lip-sync scores (LSE-D, LSE-C, offset) of a video with SyncNet weights")
+    sc.add_argument("video")
+    sc.add_argument("--weights", required=True, help="Wav2Lip's SyncNet expert, lipsync_expert.pth")
+    sc.add_argument("--audio", help="score against this speech instead of the video's own audio stream")
+    sc.add_argument("--json", action="store_true", help="print the scores as one JSON object")
+    sc.set_defaults(func=cmd_score)
     return p
 
 

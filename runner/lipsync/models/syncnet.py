@@ -43,11 +43,18 @@ class SyncNetColor(nn.Module):
             ConvBlock(512, 512, 1, 1, 0),
         )
 
+    def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 80, 16) -> (B, 512) unit length. Apart from ``forward``: scoring embeds each side
+        once and compares it with the other at many offsets."""
+        return F.normalize(self.audio_encoder(audio).flatten(1), p=2, dim=1)
+
+    def embed_faces(self, faces: torch.Tensor) -> torch.Tensor:
+        """(B, 15, 48, 96) -> (B, 512) unit length."""
+        return F.normalize(self.face_encoder(faces).flatten(1), p=2, dim=1)
+
     def forward(self, audio: torch.Tensor, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 1, 80, 16) + (B, 15, 48, 96) -> unit-length audio and face embeddings, (B, 512) each."""
-        audio_embedding = self.audio_encoder(audio).flatten(1)
-        face_embedding = self.face_encoder(faces).flatten(1)
-        return F.normalize(audio_embedding, p=2, dim=1), F.normalize(face_embedding, p=2, dim=1)
+        return self.embed_audio(audio), self.embed_faces(faces)
 
 
 def load_syncnet(source: PathOrFile, device: str | torch.device = "cpu") -> SyncNetColor:
