@@ -38,7 +38,6 @@ from .video.encode import FrameWriter, encode_command
 from .video.remux import remux
 from .video.source import Source, source_index
 
-ANALYSIS_SIDE = 640  # the longer side of the frames the face detector sees
 STAGE_WEIGHTS = {"fetch": 2, "track": 15, "render": 78, "remux": 3, "publish": 2}
 
 
@@ -135,15 +134,9 @@ def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
     }
 
 
-def analysis_size(width: int, height: int) -> tuple[tuple[int, int], float]:
-    scale = max(1.0, max(width, height) / ANALYSIS_SIDE)
-    w, h = 2 * max(1, round(width / scale / 2)), 2 * max(1, round(height / scale / 2))
-    return (w, h), width / w
-
-
 def track_faces(spec: LipSyncJobSpec, inputs: Inputs, info: VideoInfo, on_progress: Callable[[float], None]
                 ) -> tuple[list[track.CropBox | None], track.Scan]:
-    (w, h), scale = analysis_size(info.width, info.height)
+    (w, h), scale = track.analysis_size(info.width, info.height)
     argv = decode_command(inputs.video, fps=info.fps, size=(w, h))
 
     def frames():

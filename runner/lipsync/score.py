@@ -28,7 +28,6 @@ from .errors import InputNotFound, NoFaceFound
 from .io.probe import VideoInfo, probe_audio, probe_video
 from .mel import MAX_ABS_VALUE, MEL_STEPS_PER_SECOND, SAMPLE_RATE, WINDOW_STEPS, mel_spectrogram, window_starts
 from .models.syncnet import SyncNetColor, load_syncnet
-from .pipeline import analysis_size
 from .spec import DEFAULT_PADDING, FaceSpec
 from .video import track
 from .video.crop import cut
@@ -120,7 +119,7 @@ class AudioEmbeddings:
 def face_track(video: Path, info: VideoInfo) -> list[track.CropBox | None]:
     """One crop box per frame, found as the wav2lip render finds them (same detector, same padding):
     the score judges the very region a render replaced."""
-    (w, h), scale = analysis_size(info.width, info.height)
+    (w, h), scale = track.analysis_size(info.width, info.height)
     face = FaceSpec()
     with FrameReader(decode_command(video, fps=info.fps, size=(w, h)), w, h, field="video") as reader:
         sc = track.scan(reader, scale, face)

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..spec import FaceSpec
 
+ANALYSIS_SIDE = 640  # the longer side of the frames the face detector sees
 CUT_THRESHOLD = 30.0  # mean absolute difference of 64x36 grey thumbnails, 0-255
 CONFIDENT = 3.0  # the face cascade's level weight above which a box stands without eyes found
 _CASCADES: dict[str, cv2.CascadeClassifier] = {}
@@ -64,6 +65,13 @@ class Scan:
     detections: dict[int, Box | None]  # frame index -> the selected face (None: looked, none found)
     cuts: list[int]  # frame indices where a new shot starts (0 always)
     detector_calls: int
+
+
+def analysis_size(width: int, height: int) -> tuple[tuple[int, int], float]:
+    """The even size frames are analysed at, and the factor back to full resolution."""
+    scale = max(1.0, max(width, height) / ANALYSIS_SIDE)
+    w, h = 2 * max(1, round(width / scale / 2)), 2 * max(1, round(height / scale / 2))
+    return (w, h), width / w
 
 
 def _cascade(name: str = "haarcascade_frontalface_default.xml") -> cv2.CascadeClassifier:
