@@ -87,7 +87,7 @@ def test_schema_keeps_descriptions_enums_defaults_and_bounds():
     assert "batchSize" in model["options"]["description"]  # kubectl explain lists the options
     crf = spec["properties"]["output"]["properties"]["crf"]
     assert (crf["minimum"], crf["maximum"], crf["default"]) == (0, 51, 18)
-    assert spec["properties"]["face"]["properties"]["detector"]["enum"] == ["haar"]
+    assert spec["properties"]["face"]["properties"]["detector"]["enum"] == ["haar", "haar-alt2"]
     assert spec["required"] == ["video", "audio", "output"]
     status = SCHEMA["properties"]["status"]["properties"]
     assert status["artifacts"]["additionalProperties"] == {"type": "string"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lipsync.sample import _place, astronaut, background
 from lipsync.spec import FaceSpec
@@ -22,13 +23,14 @@ def frames(face_at: list[tuple[float, float] | None], seed: int = 7) -> list[np.
     return out
 
 
-def test_detects_sparsely_and_finds_entry_and_exit_exactly():
+@pytest.mark.parametrize("detector", ["haar", "haar-alt2"])
+def test_detects_sparsely_and_finds_entry_and_exit_exactly(detector):
     layout = [None] * 7 + [(0.5, 0.5)] * 30 + [None] * 13  # the face appears at 7 and leaves at 37
-    sc = scan(frames(layout), 1.0, FaceSpec(detect_every=5))
+    sc = scan(frames(layout), 1.0, FaceSpec(detect_every=5, detector=detector))
     track = build_track(sc, fps=25, padding=0.25, every=5)
     assert [t is not None for t in track] == [p is not None for p in layout]
     assert sc.detector_calls < len(layout) / 2  # not every frame
-    assert jitter(track) == 0.0  # a still face: the box does not move
+    assert jitter(track) < 0.005  # a still face: the box all but stands still (under 0.5 % of its side a frame)
 
 
 def test_scene_cut_starts_a_new_shot_and_redetects():

@@ -153,7 +153,9 @@ class FaceSpec(_Model):
         description="Margin added around the face box, as a fraction of its side; "
         "default 0.12 for wav2lip (trained on tight boxes that reach the chin), 0.25 otherwise.",
     )
-    detector: Literal["haar"] = Field("haar", description="Face detector (OpenCV Haar cascade, shipped in the wheel).")
+    detector: Literal["haar", "haar-alt2"] = Field(
+        "haar", description="Face detector, OpenCV cascades shipped in the wheel: haar (fastest) or haar-alt2 "
+        "(fewer false faces, tighter boxes, a little slower). Both are verified by an eye cascade.")
     detect_every: int = Field(5, ge=1, le=100, description="Run the detector every N frames; track in between.")
 
 

@@ -74,7 +74,13 @@ def analysis_size(width: int, height: int) -> tuple[tuple[int, int], float]:
     return (w, h), width / w
 
 
-def _cascade(name: str = "haarcascade_frontalface_default.xml") -> cv2.CascadeClassifier:
+CASCADES = {  # spec.face.detector -> OpenCV's cascade file (shipped in opencv-python-headless 4.x)
+    "haar": "haarcascade_frontalface_default.xml",  # the fastest
+    "haar-alt2": "haarcascade_frontalface_alt2.xml",  # fewer false faces, tighter boxes, a little slower
+}
+
+
+def _cascade(name: str) -> cv2.CascadeClassifier:
     if name not in _CASCADES:
         _CASCADES[name] = cv2.CascadeClassifier(cv2.data.haarcascades + name)
     return _CASCADES[name]
@@ -89,7 +95,7 @@ def _eyes(gray: np.ndarray, x: int, y: int, w: int, h: int) -> int:
     return len(_cascade("haarcascade_eye.xml").detectMultiScale(roi, scaleFactor=1.1, minNeighbors=3, minSize=(12, 12)))
 
 
-def _faces(gray: np.ndarray, offset: tuple[int, int], scale: float, **kw: object) -> list[Box]:
+def _faces(gray: np.ndarray, offset: tuple[int, int], scale: float, detector: str, **kw: object) -> list[Box]:
     """Verified face boxes in ``gray`` (a frame or a window of one at ``offset``), full-res pixels.
 
     The face cascade alone also fires on face-like texture (collars, patterned clothes), and such a
@@ -97,7 +103,7 @@ def _faces(gray: np.ndarray, offset: tuple[int, int], scale: float, **kw: object
     them; if none qualifies, the strongest box is kept when the cascade is confident of it.
     """
     eq = cv2.equalizeHist(gray)
-    boxes, _, weights = _cascade().detectMultiScale3(eq, scaleFactor=1.1, minNeighbors=5, outputRejectLevels=True, **kw)
+    boxes, _, weights = _cascade(CASCADES[detector]).detectMultiScale3(eq, scaleFactor=1.1, minNeighbors=5, outputRejectLevels=True, **kw)
     found = list(zip((tuple(int(v) for v in b) for b in boxes), (float(w) for w in weights)))
     kept = [b for b, _ in found if _eyes(eq, *b) >= 2]
     if not kept and found:
@@ -107,13 +113,13 @@ def _faces(gray: np.ndarray, offset: tuple[int, int], scale: float, **kw: object
     return [Box((x + ox) * scale, (y + oy) * scale, w * scale, h * scale) for (x, y, w, h) in kept]
 
 
-def detect_faces(gray: np.ndarray, scale: float) -> list[Box]:
+def detect_faces(gray: np.ndarray, scale: float, detector: str = "haar") -> list[Box]:
     """Faces in a small grey frame, in full-resolution pixels (``scale`` = full / small)."""
     min_side = max(24, int(min(gray.shape) * 0.06))
-    return _faces(gray, (0, 0), scale, minSize=(min_side, min_side))
+    return _faces(gray, (0, 0), scale, detector, minSize=(min_side, min_side))
 
 
-def detect_near(gray: np.ndarray, scale: float, near: Box) -> list[Box]:
+def detect_near(gray: np.ndarray, scale: float, near: Box, detector: str = "haar") -> list[Box]:
     """Faces of about ``near``'s size in a window around it (full-resolution pixels in and out).
 
     Tracking a face from one detection to the next needs no full-frame search: the window and
@@ -126,7 +132,7 @@ def detect_near(gray: np.ndarray, scale: float, near: Box) -> list[Box]:
     lo, hi = max(12, int(0.6 * side)), int(1.7 * side) + 1
     if x1 - x0 < lo or y1 - y0 < lo:
         return []
-    return _faces(gray[y0:y1, x0:x1], (x0, y0), scale, minSize=(lo, lo), maxSize=(hi, hi))
+    return _faces(gray[y0:y1, x0:x1], (x0, y0), scale, detector, minSize=(lo, lo), maxSize=(hi, hi))
 
 
 def select_face(faces: list[Box], face: FaceSpec, previous: Box | None) -> Box | None:
@@ -161,8 +167,8 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec) -> Scan:
     def detect(i: int, gray: np.ndarray) -> Box | None:
         nonlocal calls, previous
         calls += 1
-        faces = detect_near(gray, scale, previous) if previous is not None else []
-        box = select_face(faces or detect_faces(gray, scale), face, previous)
+        faces = detect_near(gray, scale, previous, face.detector) if previous is not None else []
+        box = select_face(faces or detect_faces(gray, scale, face.detector), face, previous)
         detections[i] = box
         previous = box if box is not None else previous
         return box
