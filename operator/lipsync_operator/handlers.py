@@ -24,14 +24,14 @@ from typing import Any
 
 import kopf
 
-from lipsync.spec import API_GROUP, PLURAL
+from lipsync.spec import API_GROUP, API_VERSION, PLURAL
 
 from . import jobs
 from .controller import Controller, candidate, job_fact
 from .kube import Kube, connection_info
 from .settings import Settings
 
-VERSION = "v1alpha1"
+VERSION = API_VERSION.split("/", 1)[1]
 CR = (API_GROUP, VERSION, PLURAL)
 OURS = {jobs.MANAGED_BY_LABEL: jobs.MANAGED_BY}
 FINALIZER = "lipsync.dev/cleanup"
