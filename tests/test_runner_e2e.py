@@ -274,3 +274,7 @@ def test_an_interrupted_replacement_is_not_mistaken_for_a_finished_render(media,
     # output.mp4 is already the replacement's; the first job must not take it for its own render.
     with pytest.raises(OutputExists, match="unfinished replacement by job 'other'"):
         run_job(load_jobs(job_file(tmp_path, **spec))[0], base_dir=tmp_path)
+    # The replacement itself, run again once the fault is gone, finishes what it started.
+    (out.parent / "preview.jpg").rmdir()
+    assert run_job(other, base_dir=tmp_path).status == "rendered"
+    assert json.loads((out.parent / "metrics.json").read_text())["identity"]["job"] == "other"

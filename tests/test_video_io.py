@@ -37,3 +37,15 @@ def test_writer_stops_at_once_when_the_encoder_dies():
             for _ in range(10_000):  # far more than a pipe buffers: must fail long before the end
                 writer.write(frame)
     assert writer.frames < 10_000
+
+
+def test_writer_names_ffmpegs_own_error(tmp_path):
+    from lipsync.video.encode import encode_command
+
+    argv = encode_command(tmp_path / "no" / "such" / "dir" / "x.mp4", 64, 64, 25, codec="libx264", crf=23,
+                          preset="ultrafast")
+    frame = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(EncodeFailed, match="No such file or directory"):
+        with FrameWriter(argv, 64, 64) as writer:
+            for _ in range(500):
+                writer.write(frame)

@@ -20,7 +20,7 @@ variable                             meaning                        default
 ``LIPSYNC_TTL_SECONDS_AFTER_FINISHED`` Job ``ttlSecondsAfterFinished`` ``86400``
 ``LIPSYNC_BACKOFF_LIMIT``            Job ``backoffLimit``           ``3``
 ``LIPSYNC_RUNNER_CPU``               cpu request of the runner      (none)
-``LIPSYNC_RUNNER_MEMORY``            memory request of the runner   (none)
+``LIPSYNC_RUNNER_MEMORY``            memory request = limit          (none)
 ``LIPSYNC_PROGRESS_INTERVAL``        seconds between progress polls ``5``
 ``LIPSYNC_METRICS_PORT``             Prometheus port (0: off)       ``9090``
 ==================================== ============================== ==============================

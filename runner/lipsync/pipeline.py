@@ -223,7 +223,9 @@ def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False,
         try:
             return _run(job, spec, scratch, base_dir, force, metrics, progress)
         except LipSyncError as e:
-            log.event(str(e), logging.ERROR, event="failed", job=job.metadata.name, stage=e.stage, reason=e.reason)
+            cause = e.__cause__ if e.reason == "InternalError" else None  # a traceback for the unexpected
+            log.LOG.error(str(e), exc_info=cause, extra={"fields": {
+                "event": "failed", "job": job.metadata.name, "stage": e.stage, "reason": e.reason}})
             raise
         finally:
             progress.close()
@@ -248,10 +250,10 @@ def stage(metrics: Metrics, name: str) -> Iterator[StageFigures]:
 def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, force: bool,
          metrics: Metrics, progress: log.Progress) -> Result:
     name = job.metadata.name
-    store = open_store(resolve(spec.output.uri, base_dir))
-    log.event(f"job {name}: {spec.model.name} model", event="start", job=name, output=store.uri)
+    log.event(f"job {name}: {spec.model.name} model", event="start", job=name, output=spec.output.uri)
 
     with stage(metrics, "fetch"):
+        store = open_store(resolve(spec.output.uri, base_dir))
         inputs = fetch_inputs(spec, scratch, base_dir)
         ident = identity(job, inputs.checksums)
         verdict, found = check_existing(store, ident)
@@ -267,15 +269,15 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
     with stage(metrics, "track") as fig:
         boxes, sc = track_faces(spec, inputs, video_info, lambda f: progress.update("track", f))
         fig.frames = sc.frames
-    plan = make_plan(spec, video_info, audio_info, sc.frames)
-    order = plan.order()
-    log.event(f"planned {plan.n_out} output frames from {plan.n_src} at {plan.fps:.3f} fps", event="plan", job=name,
-              faces=sum(b is not None for b in boxes), cuts=len(sc.cuts), detector_calls=sc.detector_calls)
+        plan = make_plan(spec, video_info, audio_info, sc.frames)
+        order = plan.order()
+        log.event(f"planned {plan.n_out} output frames from {plan.n_src} at {plan.fps:.3f} fps", event="plan",
+                  job=name, faces=sum(b is not None for b in boxes), cuts=len(sc.cuts), detector_calls=sc.detector_calls)
 
-    source = Source(inputs.video, video_info.width, video_info.height, video_info.fps, plan.n_src)
-    sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
     video_only = scratch / "encoded.mp4"
     with stage(metrics, "render") as fig:
+        source = Source(inputs.video, video_info.width, video_info.height, video_info.fps, plan.n_src)
+        sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
         speech = load_mono(inputs.audio, model.audio_rate)
         on_render = lambda f: progress.update("render", f)  # noqa: E731
         if isinstance(model, ClipModel):
@@ -291,21 +293,21 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
         remux(video_only, inputs.audio, output, audio_codec=audio_info.codec, duration=plan.trim_audio_to)
     progress.update("remux", 1.0)
 
-    with_face = sum(boxes[s] is not None for s in order)
-    metrics.extra.update({
-        "identity": ident,
-        "model": spec.model.name,
-        "video": {"width": video_info.width, "height": video_info.height, "fps": plan.fps,
-                  "variable_rate": video_info.variable_rate, "rotation": video_info.rotation,
-                  "source_frames": plan.n_src},
-        "audio": {"codec": audio_info.codec, "sample_rate": audio_info.sample_rate,
-                  "channels": audio_info.channels, "duration_s": round(audio_info.duration, 4)},
-        "output": {"frames": plan.n_out, "duration_s": round(plan.n_out / plan.fps, 4)},
-        "face_track": {"frames_with_face": with_face, "frames_without_face": plan.n_out - with_face,
-                       "detector_calls": sc.detector_calls, "shots": len(sc.cuts),
-                       "box_jitter": track.jitter(boxes)},
-    })
     with stage(metrics, "publish"):
+        with_face = sum(boxes[s] is not None for s in order)
+        metrics.extra.update({
+            "identity": ident,
+            "model": spec.model.name,
+            "video": {"width": video_info.width, "height": video_info.height, "fps": plan.fps,
+                      "variable_rate": video_info.variable_rate, "rotation": video_info.rotation,
+                      "source_frames": plan.n_src},
+            "audio": {"codec": audio_info.codec, "sample_rate": audio_info.sample_rate,
+                      "channels": audio_info.channels, "duration_s": round(audio_info.duration, 4)},
+            "output": {"frames": plan.n_out, "duration_s": round(plan.n_out / plan.fps, 4)},
+            "face_track": {"frames_with_face": with_face, "frames_without_face": plan.n_out - with_face,
+                           "detector_calls": sc.detector_calls, "shots": len(sc.cuts),
+                           "box_jitter": track.jitter(boxes)},
+        })
         files = {"output.mp4": output}
         if sheet.write(scratch / "preview.jpg", plan.fps):
             files["preview.jpg"] = scratch / "preview.jpg"

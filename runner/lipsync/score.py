@@ -117,7 +117,7 @@ class AudioEmbeddings:
 
 
 def face_track(video: Path, info: VideoInfo) -> list[track.CropBox | None]:
-    """One crop box per frame, found as the wav2lip render finds them (same detector, same padding):
+    """One crop box per frame, found as a default wav2lip render finds them (haar, wav2lip's padding):
     the score judges the very region a render replaced."""
     (w, h), scale = track.analysis_size(info.width, info.height)
     face = FaceSpec()

@@ -89,8 +89,12 @@ def check_existing(store: Store, identity: dict) -> tuple[Verdict, dict | None]:
         found = json.loads(raw)
     except ValueError:
         return "other-job", None
+    if not isinstance(found, dict):
+        return "other-job", None
     if found.get("identity") == identity:
         return "same-job", found
+    if found.get("replacing_with") == identity:  # this job's own replacement, interrupted: finish it
+        return "absent", None
     return "other-job", found
 
 

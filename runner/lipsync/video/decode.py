@@ -61,7 +61,11 @@ class FrameReader:
         # stderr goes to a file, not a pipe: a corrupt stream can log more than a pipe holds,
         # and ffmpeg would block on it while this side waits for frames.
         self._errors = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._errors, bufsize=self._frame_bytes)
+        try:
+            self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._errors, bufsize=self._frame_bytes)
+        except OSError:
+            self._errors.close()
+            raise
         self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, daemon=True)
@@ -100,6 +104,8 @@ class FrameReader:
             except queue.Empty:
                 pass
         self._proc.wait()
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
         self._errors.close()
 
     def __enter__(self) -> "FrameReader":

@@ -6,6 +6,7 @@ writer thread drains a small queue so that encoding overlaps with the model.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import subprocess
 import tempfile
@@ -41,7 +42,11 @@ class FrameWriter:
         self.width, self.height = width, height
         self._pad = (even(height) - height, even(width) - width)
         self._errors = tempfile.TemporaryFile()  # a file, not a pipe nobody drains while frames flow
-        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=self._errors)
+        try:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=self._errors)
+        except OSError:
+            self._errors.close()
+            raise
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._drain, daemon=True)
@@ -59,7 +64,11 @@ class FrameWriter:
 
     def write(self, frame: np.ndarray) -> None:
         if self._error is not None:  # ffmpeg is gone: stop now, not after the model ran the whole clip
-            raise EncodeFailed(f"ffmpeg stopped taking frames ({self._error})", stage="encode")
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            raise EncodeFailed(f"ffmpeg stopped taking frames: {self._why()}", stage="encode")
         if frame.shape != (self.height, self.width, 3):
             raise ValueError(f"frame of shape {frame.shape}, expected {(self.height, self.width, 3)}")
         if any(self._pad):
@@ -76,15 +85,25 @@ class FrameWriter:
         except BrokenPipeError:
             pass
         code = self._proc.wait()
-        err = tail(self._errors)
+        why = self._why()
         self._errors.close()
         if code != 0 or self._error is not None:
-            raise EncodeFailed(f"ffmpeg could not encode the output: {err.splitlines()[-1] if err else self._error}", stage="encode")
+            raise EncodeFailed(f"ffmpeg could not encode the output: {why}", stage="encode")
+
+    def _why(self) -> str:
+        """ffmpeg's last error line, else the pipe error, else its exit status."""
+        err = tail(self._errors)
+        if err:
+            return err.splitlines()[-1]
+        return str(self._error) if self._error is not None else f"ffmpeg exit {self._proc.poll()}"
 
     def abort(self) -> None:
         self._proc.kill()
         self._queue.put(_END)
         self._thread.join()
+        assert self._proc.stdin is not None
+        with contextlib.suppress(OSError):
+            self._proc.stdin.close()
         self._proc.wait()
         self._errors.close()
 

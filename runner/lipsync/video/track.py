@@ -100,15 +100,14 @@ def _faces(gray: np.ndarray, offset: tuple[int, int], scale: float, detector: st
 
     The face cascade alone also fires on face-like texture (collars, patterned clothes), and such a
     box can be larger than the real face. Faces are kept when the eye cascade finds both eyes in
-    them; if none qualifies, the strongest box is kept when the cascade is confident of it.
+    them; if none qualifies, the boxes the cascade itself is confident of are kept.
     """
     eq = cv2.equalizeHist(gray)
     boxes, _, weights = _cascade(CASCADES[detector]).detectMultiScale3(eq, scaleFactor=1.1, minNeighbors=5, outputRejectLevels=True, **kw)
     found = list(zip((tuple(int(v) for v in b) for b in boxes), (float(w) for w in weights)))
     kept = [b for b, _ in found if _eyes(eq, *b) >= 2]
-    if not kept and found:
-        best, weight = max(found, key=lambda f: f[1])
-        kept = [best] if weight >= CONFIDENT else []
+    if not kept:  # eyes too small or hidden (glasses, light): the cascade's confident boxes stand
+        kept = [b for b, weight in found if weight >= CONFIDENT]
     ox, oy = offset
     return [Box((x + ox) * scale, (y + oy) * scale, w * scale, h * scale) for (x, y, w, h) in kept]
 
@@ -167,7 +166,10 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec) -> Scan:
     def detect(i: int, gray: np.ndarray) -> Box | None:
         nonlocal calls, previous
         calls += 1
-        faces = detect_near(gray, scale, previous, face.detector) if previous is not None else []
+        # Near the last face: only a box that continues it; anything else needs the whole frame,
+        # where the selection rule (largest, index from the left) sees every face.
+        near = detect_near(gray, scale, previous, face.detector) if previous is not None else []
+        faces = [f for f in near if previous is not None and f.iou(previous) > 0.2]
         box = select_face(faces or detect_faces(gray, scale, face.detector), face, previous)
         detections[i] = box
         previous = box if box is not None else previous
