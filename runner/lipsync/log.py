@@ -38,6 +38,19 @@ class TextFormatter(logging.Formatter):
         )
 
 
+_LIVE: list[Any] = []  # the rich Progress drawing on the terminal now, if any
+
+
+class _BarAwareHandler(logging.StreamHandler):
+    """Text lines on a terminal, printed above the progress bar while one is drawn."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _LIVE:
+            _LIVE[-1].console.print(self.format(record), markup=False, highlight=False, soft_wrap=True)
+        else:
+            super().emit(record)
+
+
 def setup(fmt: str = "auto", *, level: int = logging.INFO) -> str:
     """Configure the 'lipsync' logger; returns the format chosen ('text' or 'json')."""
     if fmt == "auto":
@@ -45,7 +58,7 @@ def setup(fmt: str = "auto", *, level: int = logging.INFO) -> str:
     LOG.handlers.clear()
     LOG.setLevel(level)
     LOG.propagate = False
-    console = logging.StreamHandler(sys.stderr if fmt == "text" else sys.stdout)
+    console = _BarAwareHandler(sys.stderr) if fmt == "text" else logging.StreamHandler(sys.stdout)
     console.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
     console.addFilter(lambda record: getattr(record, "console", True))
     LOG.addHandler(console)
@@ -74,14 +87,16 @@ class Progress:
         self._bar = None
         self._task = None
         if bar:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 
             self._bar = RichProgress(
                 TextColumn("[bold]{task.fields[stage]:<8}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                TimeElapsedColumn(), transient=False,
+                TimeElapsedColumn(), transient=False, console=Console(stderr=True),
             )
             self._task = self._bar.add_task(job, total=100, stage="")
             self._bar.start()
+            _LIVE.append(self._bar)
 
     @property
     def percent(self) -> int:
@@ -95,9 +110,12 @@ class Progress:
         now = time.monotonic()
         if pct != self._last_pct and (now - self._last_emit >= self.interval or fraction >= 1.0):
             self._last_emit, self._last_pct = now, pct
-            event(f"{stage} {pct}%", event="progress", job=self.job, stage=stage, progress=pct)
+            # With a bar on the terminal, the lines go to run.log only: the bar already says it.
+            event(f"{stage} {pct}%", event="progress", console=self._bar is None, job=self.job, stage=stage,
+                  progress=pct)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+            _LIVE.remove(self._bar)
 
