@@ -27,6 +27,16 @@ def clip(dest: Path, seconds: float = 2.0, **kw) -> Path:
     return make_video(dest, recipe)
 
 
+def face_and_empty(d: Path, text: str = "Hi there.") -> Path:
+    """A 1 s clip with a face, one with none (face.mp4, noface.mp4) and short speech (speech.wav)."""
+    from lipsync.sample import VideoRecipe, make_video
+
+    clip(d / "face.mp4", seconds=1.0)
+    speech(d / "speech.wav", text=text)
+    make_video(d / "noface.mp4", VideoRecipe(width=320, height=180, seconds=1.0, motions=()))
+    return d
+
+
 def speech(dest: Path, *codec_args: str, text: str = SHORT_TEXT, pad_silence: float = 0.0,
            rate: int = 44100, channels: int = 2) -> Path:
     return make_speech(dest, text, rate=rate, channels=channels, codec_args=codec_args, pad_silence=pad_silence)

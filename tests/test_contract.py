@@ -17,18 +17,12 @@ from lipsync.spec import parse_job
 from lipsync_operator import jobs, status
 from lipsync_operator.settings import Settings
 
-from .media import clip, run_cli, speech
+from .media import face_and_empty, run_cli
 
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("contract")
-    clip(d / "face.mp4", seconds=1.0)
-    speech(d / "speech.wav", text="Hello operator.")
-    from lipsync.sample import VideoRecipe, make_video
-
-    make_video(d / "empty.mp4", VideoRecipe(width=320, height=180, seconds=1.0, motions=()))
-    return d
+    return face_and_empty(tmp_path_factory.mktemp("contract"), text="Hello operator.")
 
 
 def cluster_job(tmp_path: Path, video: Path, audio: Path) -> dict:
@@ -81,7 +75,7 @@ def test_success_reaches_status_with_artifacts_and_progress(media, tmp_path):
 
 
 def test_permanent_failure_fails_the_job_with_the_runners_reason(media, tmp_path):
-    manifest = cluster_job(tmp_path, media / "empty.mp4", media / "speech.wav")
+    manifest = cluster_job(tmp_path, media / "noface.mp4", media / "speech.wav")
     pod, _ = run_pod(manifest, tmp_path)
     code = pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]
     assert code == REASONS["NoFaceFound"].exit_code

@@ -18,16 +18,11 @@ import pytest
 
 from lipsync.errors import REASONS
 
-from .media import clip, job_file, run_cli, speech
+from .media import face_and_empty, job_file, run_cli
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("bad-media")
-    clip(d / "face.mp4", seconds=1.0)
-    speech(d / "speech.wav", text="Hi there.")
-    from lipsync.sample import VideoRecipe, make_video
-
-    make_video(d / "noface.mp4", VideoRecipe(width=320, height=180, seconds=1.0, motions=()))
+    d = face_and_empty(tmp_path_factory.mktemp("bad-media"))
     data = (d / "face.mp4").read_bytes()
     (d / "truncated.mp4").write_bytes(data[: len(data) // 2])
     (d / "garbage.mp4").write_bytes(os.urandom(20000))
