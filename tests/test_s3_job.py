@@ -12,7 +12,7 @@ from lipsync.errors import REASONS
 from lipsync.io import s3
 
 from . import s3server
-from .media import clip, job_file, packet_md5, run_cli, speech
+from .media import clip, job_file, packet_lines, packet_md5, run_cli, speech, stream
 
 @pytest.fixture
 def s3_server(tmp_path, monkeypatch):
@@ -78,3 +78,34 @@ def test_missing_input_key(s3_server, inputs, tmp_path):
     failed = [json.loads(line) for line in proc.stdout.splitlines() if '"failed"' in line]
     assert failed[-1]["stage"] == "fetch" and "s3://lipsync/inputs/nope.mp4" in failed[-1]["msg"]
     assert keys("renders/") == []
+
+
+def test_server_restarted_in_the_middle_of_the_upload(s3_server, tmp_path):
+    """The store dies during the multipart upload of output.mp4 and comes back (empty, as moto
+    does): the job still completes, the final key holds the whole file, no temporary key is left."""
+    from .media import ffmpeg
+
+    face = clip(tmp_path / "face.mp4", seconds=1.0, width=1280, height=720, face_width=0.3)
+    noisy = tmp_path / "noisy.mp4"  # grain: the lossless render is ~25 MB, five 5 MiB parts
+    ffmpeg("-i", str(face), "-vf", "noise=alls=12:allf=t", "-c:v", "libx264", "-crf", "10", "-preset", "ultrafast",
+           str(noisy))
+    audio = speech(tmp_path / "speech.m4a", "-c:a", "aac", text="Still here after the restart.")
+    client = s3.client_from_env()
+    for path in (noisy, audio):
+        client.fput_object(s3server.BUCKET, f"inputs/{path.name}", str(path))
+    restarter = s3_server.kill_when(lambda r: "/renders/promo/.tmp/output.mp4" in r.path and "partNumber=" in r.path,
+                                    down_for=1.0)
+    path = job_file(tmp_path, name="promo", video="s3://lipsync/inputs/noisy.mp4", audio="s3://lipsync/inputs/speech.m4a",
+                    timing={"follow": "video"}, output={"uri": "s3://lipsync/renders/promo", "crf": 0, "preset": "ultrafast"})
+    proc = run_cli("run", str(path), "--log-format", "json", env={"LIPSYNC_S3_RETRY_SECONDS": "60"})
+    restarter.join(timeout=30)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    first = s3_server.incarnations()[0]
+    assert any(".tmp/output.mp4" in r.path and "partNumber=" in r.path for r in first), "killed mid-upload"
+    assert keys("renders/") == [f"renders/promo/{n}" for n in ("metrics.json", "output.mp4", "preview.jpg", "run.log")]
+    out = tmp_path / "back.mp4"
+    s3.download("s3://lipsync/renders/promo/output.mp4", out)
+    assert out.stat().st_size > 10 * 1024 * 1024
+    got, original = packet_lines(out), packet_lines(audio)
+    assert got and got == original[:len(got)]  # the speech's own packets, cut at the video's end
+    assert int(stream(out, "video")["nb_frames"]) == 25
