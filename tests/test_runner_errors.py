@@ -6,6 +6,7 @@ These run the real `lipsync` CLI in a subprocess, as a user (or a pod) would.
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import json
 import os
@@ -107,6 +108,9 @@ def test_http_inputs_are_fetched(media, tmp_path, http_server):
     proc = run_job_file(tmp_path, video=f"{http_server}/face.mp4", audio=f"{http_server}/speech.wav")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "out" / "output.mp4").stat().st_size > 0
+    # The checksum hashed while streaming is the file's own: re-runs and overwrites rely on it.
+    identity = json.loads((tmp_path / "out" / "metrics.json").read_text())["identity"]
+    assert identity["inputs"]["video"] == hashlib.sha256((media / "face.mp4").read_bytes()).hexdigest()
 
 
 def test_http_404(media, tmp_path, http_server):

@@ -78,12 +78,12 @@ def resolve(uri: str, base_dir: Path) -> str:
 
 
 def fetch_inputs(spec: LipSyncJobSpec, scratch: Path, base_dir: Path) -> Inputs:
-    video = fetch(resolve(spec.video, base_dir), scratch, field="spec.video")
-    audio = fetch(resolve(spec.audio, base_dir), scratch, field="spec.audio")
+    video, video_sum = fetch(resolve(spec.video, base_dir), scratch, field="spec.video")
+    audio, audio_sum = fetch(resolve(spec.audio, base_dir), scratch, field="spec.audio")
     weights = None
     if spec.model.weights:
         weights = fetch_weights(resolve(spec.model.weights, base_dir), scratch)
-    sums = {"video": sha256(video), "audio": sha256(audio)}
+    sums = {"video": video_sum, "audio": audio_sum}
     if weights is not None and weights.is_file():
         sums["weights"] = sha256(weights)
     return Inputs(video, audio, weights, sums)
@@ -99,7 +99,7 @@ def fetch_weights(uri: str, scratch: Path) -> Path:
     p = local_path(uri)
     if p.is_dir():
         return p
-    return fetch(uri, scratch, field="spec.model.weights")
+    return fetch(uri, scratch, field="spec.model.weights")[0]
 
 
 @functools.cache

@@ -30,31 +30,29 @@ def local_path(uri: str) -> Path:
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
 
 
-def fetch(uri: str, scratch: Path, *, field: str, max_bytes: int = DEFAULT_MAX_BYTES) -> Path:
-    """A local file holding ``uri``'s bytes. ``field`` (e.g. 'spec.video') names it in errors."""
+def fetch(uri: str, scratch: Path, *, field: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Path, str]:
+    """A local file holding ``uri``'s bytes, and their sha256 (hashed as they stream in).
+    ``field`` (e.g. 'spec.video') names the input in errors."""
     dest = scratch / f"input-{field.rsplit('.', 1)[-1]}{Path(urlparse(uri).path).suffix}"
     if uri.startswith("s3://"):
         from . import s3
 
-        s3.download(uri, dest, max_bytes=max_bytes)
-        return dest
+        return dest, s3.download(uri, dest, max_bytes=max_bytes)
     if uri.startswith(("https://", "http://")):
-        _download_http(uri, dest, field=field, max_bytes=max_bytes)
-        return dest
+        return dest, _download_http(uri, dest, field=field, max_bytes=max_bytes)
     path = local_path(uri)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise InputNotFound(f"{field} {str(path)!r} {what}: check the path (relative paths are from the job file's folder)", stage="fetch")
-    return path
+    return path, sha256(path)
 
 
-def _download_http(url: str, dest: Path, *, field: str, max_bytes: int) -> None:
+def _download_http(url: str, dest: Path, *, field: str, max_bytes: int) -> str:
     deadline = time.monotonic() + float(os.environ.get("LIPSYNC_HTTP_RETRY_SECONDS", "60"))
     attempt = 0
     while True:
         try:
-            _download_once(url, dest, field=field, max_bytes=max_bytes)
-            return
+            return _download_once(url, dest, field=field, max_bytes=max_bytes)
         except StorageUnavailable:
             attempt += 1
             delay = min(30.0, 0.5 * 2**attempt) * random.random()
@@ -63,8 +61,9 @@ def _download_http(url: str, dest: Path, *, field: str, max_bytes: int) -> None:
             time.sleep(delay)
 
 
-def _download_once(url: str, dest: Path, *, field: str, max_bytes: int) -> None:
+def _download_once(url: str, dest: Path, *, field: str, max_bytes: int) -> str:
     tmp = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
     req = urllib.request.Request(url, headers={"User-Agent": "lipsync-runner"})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp, open(tmp, "wb") as out:
@@ -76,6 +75,7 @@ def _download_once(url: str, dest: Path, *, field: str, max_bytes: int) -> None:
                 copied += len(chunk)
                 if copied > max_bytes:
                     raise InputTooLarge(f"{field} {url} is over the limit of {max_bytes} bytes", stage="fetch")
+                digest.update(chunk)
                 out.write(chunk)
     except urllib.error.HTTPError as e:
         tmp.unlink(missing_ok=True)
@@ -92,6 +92,7 @@ def _download_once(url: str, dest: Path, *, field: str, max_bytes: int) -> None:
         tmp.unlink(missing_ok=True)
         raise
     tmp.replace(dest)
+    return digest.hexdigest()
 
 
 def sha256(path: Path) -> str:
