@@ -80,26 +80,28 @@ def resolve(uri: str, base_dir: Path) -> str:
 def fetch_inputs(spec: LipSyncJobSpec, scratch: Path, base_dir: Path) -> Inputs:
     video, video_sum = fetch(resolve(spec.video, base_dir), scratch, field="spec.video")
     audio, audio_sum = fetch(resolve(spec.audio, base_dir), scratch, field="spec.audio")
+    sums = {"video": video_sum, "audio": audio_sum}
     weights = None
     if spec.model.weights:
-        weights = fetch_weights(resolve(spec.model.weights, base_dir), scratch)
-    sums = {"video": video_sum, "audio": audio_sum}
-    if weights is not None and weights.is_file():
-        sums["weights"] = sha256(weights)
+        weights, weights_sum = fetch_weights(resolve(spec.model.weights, base_dir), scratch)
+        if weights_sum is not None:
+            sums["weights"] = weights_sum
     return Inputs(video, audio, weights, sums)
 
 
-def fetch_weights(uri: str, scratch: Path) -> Path:
+def fetch_weights(uri: str, scratch: Path) -> tuple[Path, str | None]:
+    """The weights as a local file or folder, and the file's sha256 (None for a folder)."""
     if uri.startswith("s3://"):
         from .io import s3
 
         if uri.endswith("/"):
-            return s3.download_prefix(uri, scratch / "weights")
-        return s3.download_cached(uri, weights_cache())
+            return s3.download_prefix(uri, scratch / "weights"), None
+        cached = s3.download_cached(uri, weights_cache())
+        return cached, sha256(cached)
     p = local_path(uri)
     if p.is_dir():
-        return p
-    return fetch(uri, scratch, field="spec.model.weights")[0]
+        return p, None
+    return fetch(uri, scratch, field="spec.model.weights")
 
 
 @functools.cache
