@@ -32,11 +32,11 @@ from .metrics import Metrics, StageFigures
 from .models import ClipModel, FrameModel, load_model
 from .preview import Sheet, pick
 from .spec import LipSyncJob, LipSyncJobSpec
-from .video import crop, overlay, track
+from . import render as render_engine
+from .video import track
 from .video.decode import FrameReader, decode_command
-from .video.encode import FrameWriter, encode_command
 from .video.remux import remux
-from .video.source import Source, source_index
+from .video.source import source_index
 
 STAGE_WEIGHTS = {"fetch": 2, "track": 15, "render": 78, "remux": 3, "publish": 2}
 
@@ -139,16 +139,17 @@ def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
 def track_faces(spec: LipSyncJobSpec, inputs: Inputs, info: VideoInfo, on_progress: Callable[[float], None]
                 ) -> tuple[list[track.CropBox | None], track.Scan]:
     (w, h), scale = track.analysis_size(info.width, info.height)
-    argv = decode_command(inputs.video, fps=info.fps, size=(w, h))
+    # Small frames on the render's own frame grid (start_time), so frame indices agree.
+    argv = decode_command(inputs.video, fps=info.fps, size=(w, h), start_time=info.start_time)
 
-    def frames():
-        with FrameReader(argv, w, h) as reader:
+    with FrameReader(argv, w, h) as reader:
+        def frames() -> Iterator[np.ndarray]:
             for i, frame in enumerate(reader):
                 if i % 25 == 0:
                     on_progress(min(0.99, i / max(1, info.frames_estimate)))
                 yield frame
 
-    sc = track.scan(frames(), scale, spec.face)
+        sc = track.scan(frames(), scale, spec.face)
     if sc.frames == 0:
         raise InvalidMedia(f"spec.video {str(inputs.video)!r} decoded to no frames: is the file complete?", stage="track")
     boxes = track.build_track(sc, fps=float(info.fps), padding=spec.padding, every=spec.face.detect_every)
@@ -160,53 +161,14 @@ def track_faces(spec: LipSyncJobSpec, inputs: Inputs, info: VideoInfo, on_progre
     return boxes, sc
 
 
-def frames_in_flight(width: int, height: int, batch_size: int) -> int:
-    """How many full frames may wait for the model: 4 batches, within LIPSYNC_FRAME_BUFFER_MB (1024)."""
-    budget = float(os.environ.get("LIPSYNC_FRAME_BUFFER_MB", "1024")) * 1024 * 1024
-    return max(1, min(4 * batch_size, int(budget // (width * height * 3))))
-
-
-def render(spec: LipSyncJobSpec, model: FrameModel, source: Source, plan: Plan, boxes: list[track.CropBox | None],
-           dest: Path, sheet: Sheet, on_progress: Callable[[float], None], batch_size: int) -> int:
-    """Streams every output frame through crop → model → overlay → encoder; returns frames written."""
-    out = spec.output
-    argv = encode_command(dest, source.width, source.height, source.fps, codec=out.video_codec, crf=out.crf,
-                          preset=out.preset)
-    size = model.crop_size or 256
-    # Full frames wait for their batch to come back from the model: bound them by memory too.
-    in_flight = frames_in_flight(source.width, source.height, batch_size)
-    batch_size = min(batch_size, in_flight)
-    pending: list[tuple[int, np.ndarray, track.CropBox | None]] = []
-    crops: list[np.ndarray] = []
-    crop_frames: list[int] = []
-
-    def flush(writer: FrameWriter) -> None:
-        synced = model.infer(np.stack(crops), np.array(crop_frames)) if crops else None
-        k = 0
-        for i, frame, box in pending:
-            result = frame
-            if box is not None:
-                assert synced is not None
-                result = overlay.paste(frame, box, synced[k], spec.padding)
-                k += 1
-            sheet.offer(i, frame, result, box)
-            writer.write(result)
-        pending.clear()
-        crops.clear()
-        crop_frames.clear()
-        on_progress(writer.frames / plan.n_out)
-
-    with FrameWriter(argv, source.width, source.height) as writer:
-        for i, frame in enumerate(source.frames(plan.n_out)):
-            box = boxes[source_index(i, plan.n_src)]
-            pending.append((i, frame, box))
-            if box is not None:
-                crops.append(crop.cut(frame, box, size))
-                crop_frames.append(i)
-            if len(crops) >= batch_size or len(pending) >= in_flight:
-                flush(writer)
-        flush(writer)
-    return writer.frames
+def render(spec: LipSyncJobSpec, model: FrameModel, timeline: render_engine.Timeline, info: VideoInfo, plan: Plan,
+           boxes: list[track.CropBox | None], dest: Path, sheet: Sheet, on_progress: Callable[[float], None],
+           batch_size: int) -> int:
+    """Streams every output frame through the render engine into ``dest``; returns frames written."""
+    engine = render_engine.Engine(model, render_engine.converter_for(timeline, info), spec.padding, batch_size, sheet,
+                                  on_progress)
+    argv = render_engine.encoder_for(dest, timeline, info, spec.output)
+    return engine.run(timeline, plan.order(), boxes, argv)
 
 
 def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False, bar: bool = False) -> Result:
@@ -278,17 +240,17 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
 
     video_only = scratch / "encoded.mp4"
     with stage(metrics, "render") as fig:
-        source = Source(inputs.video, video_info.width, video_info.height, video_info.fps, plan.n_src)
+        timeline = render_engine.timeline_for(inputs.video, video_info, plan.n_src)
         sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
         speech = load_mono(inputs.audio, model.audio_rate)
         on_render = lambda f: progress.update("render", f)  # noqa: E731
         if isinstance(model, ClipModel):
-            fig.frames = render_clip(spec, model, source, plan.n_out, boxes, speech, scratch / "clip", video_only,
-                                     sheet, on_render)
+            fig.frames = render_clip(spec, model, timeline, video_info, plan.n_out, boxes, speech, scratch / "clip",
+                                     video_only, sheet, on_render)
         else:
             model.prepare(speech, plan.fps, plan.n_out)
             batch = getattr(model, "batch_size", 16)
-            fig.frames = render(spec, model, source, plan, boxes, video_only, sheet, on_render, batch)
+            fig.frames = render(spec, model, timeline, video_info, plan, boxes, video_only, sheet, on_render, batch)
 
     output = scratch / "output.mp4"
     with stage(metrics, "remux"):
