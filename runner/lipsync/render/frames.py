@@ -73,8 +73,8 @@ class Layout:
 def layout_for(pix_fmt: str, bits: int, width: int, height: int) -> Layout:
     """The planar layout to render a source of ``pix_fmt`` in.
 
-    Planar 4:2:0, 4:2:2 and 4:4:4 at 8 or 10 bits (and the full-range ``yuvj`` names) are kept as
-    they are; anything else (packed, semi-planar NV12/P010, RGB, grey, alpha) is decoded to 4:2:0
+    Planar 4:2:0, 4:2:2 and 4:4:4 at 8 or 10 bits are kept as they are (the full-range ``yuvj``
+    names too: asking ffmpeg for plain ``yuv`` there would squeeze them to limited range); anything else (packed, semi-planar NV12/P010, RGB, grey, alpha) is decoded to 4:2:0
     at 8 bits, or 10 bits where the source has more than 8. Sizes are padded to even numbers, as
     4:2:0 and 4:2:2 video needs.
     """
@@ -83,7 +83,7 @@ def layout_for(pix_fmt: str, bits: int, width: int, height: int) -> Layout:
     if m and (m.group(2) is None or m.group(3) == "le"):
         sx, sy = _SUBSAMPLING[m.group(1)]
         depth = 10 if m.group(2) else 8
-        return Layout(f"yuv{m.group(1)}p" + ("10le" if depth == 10 else ""), depth, sx, sy, w, h)
+        return Layout(pix_fmt if depth == 8 else f"yuv{m.group(1)}p10le", depth, sx, sy, w, h)
     if bits > 8:
         return Layout("yuv420p10le", 10, 1, 1, w, h)
     return Layout("yuv420p", 8, 1, 1, w, h)
