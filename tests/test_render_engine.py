@@ -177,7 +177,8 @@ def index_of(y: np.ndarray) -> int:
 
 
 @pytest.mark.parametrize("container,extra", [("mp4", ("-g", "50", "-bf", "2")), ("mkv", ("-g", "50",)),
-                                             ("ts", ("-g", "40",))])
+                                             ("ts", ("-g", "40",)), ("mkv", ("-g", "30", "-output_ts_offset", "1.5"))],
+                         ids=["mp4", "mkv", "ts", "mkv-starting-at-1.5s"])
 def test_ping_pong_shows_exactly_source_index(tmp_path, monkeypatch, container, extra):
     src = indexed_clip(tmp_path / f"indexed.{container}", 60, *extra)
     monkeypatch.setenv("LIPSYNC_WINDOW_MB", "1")  # small backward windows: several per leg

@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 
 from ..io.probe import Colour
-from ..video import crop as cropping
 from ..video.track import CropBox
 from .frames import Layout, Picture
 
@@ -74,6 +73,13 @@ class Converter:
 
     # --- the window: planes → BGR ---------------------------------------------------------
 
+    def aligned(self, box: CropBox) -> CropBox:
+        """``box`` moved by at most one pixel so that it starts on a chroma sample and spans whole
+        ones: then the chroma planes map onto the box exactly."""
+        ax, ay = 1 << self.layout.sx, 1 << self.layout.sy
+        side = box.size + (-box.size) % max(ax, ay)
+        return CropBox(box.x - box.x % ax, box.y - box.y % ay, side)
+
     def _grid(self, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int, int, int]:
         """The rectangle grown to whole chroma samples and clipped to the picture."""
         ax, ay = 1 << self.layout.sx, 1 << self.layout.sy
@@ -82,31 +88,22 @@ class Converter:
         y1 = min(self.layout.height, -(-y1 // ay) * ay)
         return x0, y0, x1, y1
 
-    def region_bgr(self, pic: Picture, x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, int, int]:
-        """(h, w, 3) uint8 BGR of the rectangle (grown to the chroma grid), and its top-left corner."""
-        x0, y0, x1, y1 = self._grid(x0, y0, x1, y1)
-        lay = self.layout
-        y = pic.y[y0:y1, x0:x1]
-        u = pic.u[y0 >> lay.sy:y1 >> lay.sy, x0 >> lay.sx:x1 >> lay.sx]
-        v = pic.v[y0 >> lay.sy:y1 >> lay.sy, x0 >> lay.sx:x1 >> lay.sx]
-        size = (x1 - x0, y1 - y0)
-        if lay.sx or lay.sy:
-            u = cv2.resize(u, size, interpolation=cv2.INTER_LINEAR)
-            v = cv2.resize(v, size, interpolation=cv2.INTER_LINEAR)
-        ycc = cv2.merge([y.astype(np.float32), u.astype(np.float32), v.astype(np.float32)])
-        bgr = cv2.transform(ycc, self.to_bgr)
-        return np.clip(bgr + 0.5, 0, 255).astype(np.uint8), x0, y0
-
     def window(self, pic: Picture, box: CropBox, size: int) -> np.ndarray:
         """(size, size, 3) uint8 BGR: the square ``box`` (which may reach past the edges: they
-        are replicated), resized to ``size``. The same pixels ``crop.cut`` gives of a BGR frame."""
-        x0, y0 = max(0, box.x), max(0, box.y)
-        x1, y1 = min(self.layout.width, box.x + box.size), min(self.layout.height, box.y + box.size)
-        if x1 <= x0 or y1 <= y0:  # entirely outside: the nearest edge pixels
-            x0, y0 = min(max(0, box.x), self.layout.width - 1), min(max(0, box.y), self.layout.height - 1)
-            x1, y1 = x0 + 1, y0 + 1
-        region, rx, ry = self.region_bgr(pic, x0, y0, x1, y1)
-        return cropping.cut(region, CropBox(box.x - rx, box.y - ry, box.size), size)
+        are replicated), resized to ``size``.
+
+        Each plane is cut, edge-padded and resized to ``size`` first (chroma straight from its
+        own resolution), and only then converted: the conversion runs on size² pixels, not on
+        the box's."""
+        lay = self.layout
+        box = self.aligned(box)
+        ys = _square(pic.y, box.x, box.y, box.size, size)
+        cx, cy = box.x >> lay.sx, box.y >> lay.sy
+        csize_x, csize_y = -(-(box.x + box.size) >> lay.sx) - cx, -(-(box.y + box.size) >> lay.sy) - cy
+        us = _rect(pic.u, cx, cy, csize_x, csize_y, size)
+        vs = _rect(pic.v, cx, cy, csize_x, csize_y, size)
+        bgr = cv2.transform(cv2.merge([ys, us, vs]), self.to_bgr)
+        return np.clip(bgr + 0.5, 0, 255).astype(np.uint8)
 
     # --- the blend: BGR → planes, through the mask ---------------------------------------
 
@@ -114,6 +111,9 @@ class Converter:
         """Blend ``synced`` ((S, S, 3) uint8 BGR, any S) into ``pic`` at ``box`` through ``mask``
         ((box.size, box.size) float32 in [0, 1]); samples where the mask is 0 are not written."""
         lay = self.layout
+        box = self.aligned(box)
+        if mask.shape[0] != box.size:  # an odd box grew by one: the mask does not reach the new edge
+            mask = _take(mask, 0, 0, box.size, box.size, fill=0)
         rows = np.flatnonzero(mask.any(axis=1))
         cols = np.flatnonzero(mask.any(axis=0))
         if rows.size == 0:
@@ -123,31 +123,62 @@ class Converter:
                                     box.x + int(cols[-1]) + 1, box.y + int(rows[-1]) + 1)
         if x1 <= x0 or y1 <= y0:
             return
-        if synced.shape[0] != box.size:
-            synced = cv2.resize(synced, (box.size, box.size), interpolation=cv2.INTER_CUBIC)
-        # the box's mask and pixels over the rectangle (zeros / edge pixels where it leaves the box)
-        bx0, by0 = x0 - box.x, y0 - box.y
-        bx1, by1 = x1 - box.x, y1 - box.y
-        pads = (max(0, -by0), max(0, by1 - box.size), max(0, -bx0), max(0, bx1 - box.size))
-        sl = (slice(max(0, by0), min(box.size, by1)), slice(max(0, bx0), min(box.size, bx1)))
-        m = mask[sl]
-        s = synced[sl]
-        if any(pads):
-            m = cv2.copyMakeBorder(m, *pads, borderType=cv2.BORDER_CONSTANT, value=0)
-            s = cv2.copyMakeBorder(s, *pads, borderType=cv2.BORDER_REPLICATE)
-        ycc = cv2.transform(s.astype(np.float32), self.to_yuv)
+        # converted at the model's size; each plane then resized to the box at its own resolution
+        ycc = cv2.transform(synced.astype(np.float32), self.to_yuv)
+        bx0, by0, bx1, by1 = x0 - box.x, y0 - box.y, x1 - box.x, y1 - box.y  # the rectangle in box pixels
+        m = _take(mask, bx0, by0, bx1, by1, fill=0)
+        y_new = _take(_resized(ycc[:, :, 0], box.size, box.size), bx0, by0, bx1, by1)
         top = float(lay.max_value)
-        _mix(pic.y[y0:y1, x0:x1], ycc[:, :, 0], m, top)
-        if lay.sx or lay.sy:
-            csize = ((x1 - x0) >> lay.sx, (y1 - y0) >> lay.sy)
-            mc = cv2.resize(m, csize, interpolation=cv2.INTER_AREA)
-            uc = cv2.resize(ycc[:, :, 1], csize, interpolation=cv2.INTER_AREA)
-            vc = cv2.resize(ycc[:, :, 2], csize, interpolation=cv2.INTER_AREA)
-        else:
-            mc, uc, vc = m, ycc[:, :, 1], ycc[:, :, 2]
+        _mix(pic.y[y0:y1, x0:x1], y_new, m, top)
+        ax, ay = 1 << lay.sx, 1 << lay.sy
+        csize = ((x1 - x0) >> lay.sx, (y1 - y0) >> lay.sy)
+        mc = cv2.resize(m, csize, interpolation=cv2.INTER_AREA) if (ax, ay) != (1, 1) else m
+        # the box at chroma resolution: box.size / 2 (4:2:0) samples, the rectangle within it
+        cw, ch = -(-box.size // ax), -(-box.size // ay)
+        cb = (bx0 // ax, by0 // ay)  # exact: the rectangle and the aligned box both start on chroma samples
+        planes = []
+        for k in (1, 2):
+            full = _resized(ycc[:, :, k], cw, ch)
+            planes.append(_take(full, cb[0], cb[1], cb[0] + csize[0], cb[1] + csize[1]))
         cy0, cy1, cx0, cx1 = y0 >> lay.sy, y1 >> lay.sy, x0 >> lay.sx, x1 >> lay.sx
-        _mix(pic.u[cy0:cy1, cx0:cx1], uc, mc, top)
-        _mix(pic.v[cy0:cy1, cx0:cx1], vc, mc, top)
+        _mix(pic.u[cy0:cy1, cx0:cx1], planes[0], mc, top)
+        _mix(pic.v[cy0:cy1, cx0:cx1], planes[1], mc, top)
+
+
+def _resized(plane: np.ndarray, w: int, h: int) -> np.ndarray:
+    if plane.shape[1] == w and plane.shape[0] == h:
+        return plane
+    interp = cv2.INTER_AREA if w < plane.shape[1] else cv2.INTER_CUBIC
+    return cv2.resize(plane, (w, h), interpolation=interp)
+
+
+def _take(a: np.ndarray, x0: int, y0: int, x1: int, y1: int, fill: float | None = None) -> np.ndarray:
+    """a[y0:y1, x0:x1] where the rectangle may leave ``a``: outside it, ``fill`` or the edge pixels."""
+    h, w = a.shape[:2]
+    cx0, cy0 = min(max(0, x0), w - 1), min(max(0, y0), h - 1)
+    cx1, cy1 = max(cx0 + 1, min(w, x1)), max(cy0 + 1, min(h, y1))
+    out = a[cy0:cy1, cx0:cx1]
+    pads = (cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1)
+    if min(pads) < 0:  # the rectangle lies wholly outside: the nearest edge, stretched
+        if fill is not None:
+            return np.full((y1 - y0, x1 - x0, *a.shape[2:]), fill, a.dtype)
+        return cv2.resize(out, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    if any(pads):
+        if fill is None:
+            return cv2.copyMakeBorder(out, *pads, borderType=cv2.BORDER_REPLICATE)
+        return cv2.copyMakeBorder(out, *pads, borderType=cv2.BORDER_CONSTANT, value=fill)
+    return out
+
+
+def _rect(plane: np.ndarray, x: int, y: int, w: int, h: int, size: int) -> np.ndarray:
+    """The w x h rectangle at (x, y) of ``plane`` (edges replicated past its borders), resized to
+    size x size, as float32."""
+    region = _take(plane, x, y, x + w, y + h)
+    return _resized(region.astype(np.float32), size, size)
+
+
+def _square(plane: np.ndarray, x: int, y: int, side: int, size: int) -> np.ndarray:
+    return _rect(plane, x, y, side, side, size)
 
 
 def _mix(plane: np.ndarray, new: np.ndarray, m: np.ndarray, top: float) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import EncodeFailed, InvalidMedia
 from ..io.probe import Colour
-from ..video.decode import tail
+from ..video.decode import grid_origin, tail
 
 _END = object()
 
@@ -152,16 +152,22 @@ def decode_args(path: Path, layout: Layout, *, fps: Fraction, start_time: float,
     filter starts at the stream's own first timestamp, so frame k is the same picture whether the
     read starts at 0 or seeks. A read from ``start_frame`` seeks to half a frame before it (when
     ``seek``: containers with an index) and ``trim`` then drops anything earlier, exactly.
+    (Timestamps are absolute, so trims are in seconds from ``start_time``, not frame counts.)
     """
     argv = ["ffmpeg", "-nostdin", "-loglevel", "error"]
     if start_frame and seek:
         argv += ["-ss", f"{max(0.0, (start_frame - 0.5) / float(fps)):.6f}"]
     argv += ["-copyts", "-i", str(path), "-map", "0:v:0"]
-    chain = [f"fps=fps={fps}:start_time={start_time:.6f}"]
+    origin = grid_origin(start_time, fps)
+    chain = [f"fps=fps={fps}:start_time={origin:.6f}"]
+
+    def at(k: int) -> str:  # frame k of the grid stands at origin + k / fps: trim half a frame before it
+        return f"{origin + (k - 0.5) / float(fps):.6f}"
+
     if start_frame:
-        chain.append(f"trim=start_pts={start_frame}")
+        chain.append(f"trim=start={at(start_frame)}")
     if frames is not None:
-        chain.append(f"trim=end_pts={start_frame + frames}")
+        chain.append(f"trim=end={at(start_frame + frames)}")
     w, h = source_size
     if (w, h) != (layout.width, layout.height):  # odd sizes: one replicated column/row
         chain.append(f"pad={layout.width}:{layout.height}")

@@ -32,6 +32,13 @@ def tail(f: IO[bytes], limit: int = 4096) -> str:
     return f.read().decode(errors="replace").strip()
 
 
+def grid_origin(start_time: float, fps: Fraction) -> float:
+    """Where frame 0 of the decode grid stands: the stream's first timestamp snapped to a whole
+    frame (what ffmpeg's fps filter does with ``start_time``; snapping here first means frame k
+    is at exactly ``origin + k / fps``, so windows can be trimmed by time without ambiguity)."""
+    return float(round(Fraction(start_time).limit_denominator(1_000_000) * fps) / fps)
+
+
 def decode_command(path: Path, *, fps: Fraction, size: tuple[int, int] | None = None,
                    start_frame: int = 0, frames: int | None = None, start_time: float | None = None,
                    pix_fmt: str = "bgr24") -> list[str]:
@@ -49,7 +56,7 @@ def decode_command(path: Path, *, fps: Fraction, size: tuple[int, int] | None = 
         in_kw["copyts"] = None
     stream = ffmpeg.input(str(path), **in_kw).video
     if start_time is not None:
-        stream = stream.filter("fps", fps=str(fps), start_time=f"{start_time:.6f}")
+        stream = stream.filter("fps", fps=str(fps), start_time=f"{grid_origin(start_time, fps):.6f}")
     else:
         stream = stream.filter("fps", fps=str(fps))
     if size is not None:
