@@ -19,6 +19,8 @@ from lipsync_operator.settings import Settings
 
 from .media import face_and_empty, run_cli
 
+pytestmark = pytest.mark.slow  # renders or scores whole clips: `-m "not slow"` skips them
+
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> Path:
