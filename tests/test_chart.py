@@ -24,7 +24,7 @@ OPERATOR_ENV = {
     "LIPSYNC_PRIORITY_CLASS", "LIPSYNC_S3_SECRET", "LIPSYNC_S3_ENDPOINT",
     "LIPSYNC_ACTIVE_DEADLINE_SECONDS", "LIPSYNC_TTL_SECONDS_AFTER_FINISHED", "LIPSYNC_BACKOFF_LIMIT",
     "LIPSYNC_RUNNER_CPU", "LIPSYNC_RUNNER_MEMORY", "LIPSYNC_PROGRESS_INTERVAL", "LIPSYNC_METRICS_PORT",
-    "LIPSYNC_HEALTH_PORT",
+    "LIPSYNC_HEALTH_PORT", "LIPSYNC_COMMAND_POLICY",
 }
 
 CUSTOM_VALUES: dict[str, Any] = {
@@ -41,6 +41,7 @@ CUSTOM_VALUES: dict[str, Any] = {
         "cpu": "8",
         "memory": "32Gi",
         "progressInterval": 2.5,
+        "commandPolicy": {"research": ["*"], "*": ["/opt/musetalk/run.sh"]},
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/lipsync"},
                            "imagePullSecrets": [{"name": "registry-creds"}]},
     },
@@ -163,6 +164,7 @@ def test_default_env():
     assert env["LIPSYNC_METRICS_PORT"] == "9090"
     assert json.loads(env["LIPSYNC_NODE_SELECTOR"]) == {}
     assert json.loads(env["LIPSYNC_TOLERATIONS"]) == []
+    assert json.loads(env["LIPSYNC_COMMAND_POLICY"]) == {}  # no command model anywhere unless allowed
     assert env["LIPSYNC_RUNNER_IMAGE"] == operator_container(render())["image"]
     for unset in ("LIPSYNC_KUEUE_QUEUE", "LIPSYNC_PRIORITY_CLASS", "LIPSYNC_S3_SECRET", "LIPSYNC_S3_ENDPOINT"):
         assert unset not in env  # off unless configured
@@ -181,6 +183,7 @@ def test_custom_env():
     assert env["LIPSYNC_TTL_SECONDS_AFTER_FINISHED"] == "1000000"  # not 1e+06
     assert env["LIPSYNC_ACTIVE_DEADLINE_SECONDS"] == "3600"
     assert env["LIPSYNC_PROGRESS_INTERVAL"] == "2.5"
+    assert json.loads(env["LIPSYNC_COMMAND_POLICY"]) == CUSTOM_VALUES["runner"]["commandPolicy"]
     assert env["LIPSYNC_RUNNER_CPU"] == "8" and env["LIPSYNC_RUNNER_MEMORY"] == "32Gi"
     assert env["LIPSYNC_METRICS_PORT"] == "9100"
     assert env["LIPSYNC_S3_ENDPOINT"] == "http://minio.minio:9000"

@@ -23,6 +23,9 @@ variable                             meaning                        default
 ``LIPSYNC_RUNNER_MEMORY``            memory request = limit          (none)
 ``LIPSYNC_PROGRESS_INTERVAL``        seconds between progress polls ``5``
 ``LIPSYNC_METRICS_PORT``             Prometheus port (0: off)       ``9090``
+``LIPSYNC_COMMAND_POLICY``           JSON object: namespace (or     ``{}`` (no ``command`` model
+                                     ``*``) → programs a ``command``  anywhere)
+                                     model may run (``["*"]``: any)
 ==================================== ============================== ==============================
 
 Parsed once per operator run (kopf's startup handler; ``main`` parses first to fail fast with a
@@ -35,6 +38,8 @@ import dataclasses
 import json
 import os
 from typing import Any, Mapping
+
+from lipsync.policy import ANY, ClusterPolicy
 
 
 class SettingsError(ValueError):
@@ -61,6 +66,12 @@ class Settings:
     progress_interval: float = 5.0
     metrics_port: int = 9090
     health_port: int = 8080
+    command_policy: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def cluster_policy(self, namespace: str) -> ClusterPolicy:
+        """What a LipSyncJob in ``namespace`` may ask for (lipsync.policy), the runner's copy included."""
+        programs = (*self.command_policy.get(namespace, ()), *self.command_policy.get(ANY, ()))
+        return ClusterPolicy(commands=(ANY,) if ANY in programs else tuple(dict.fromkeys(programs)))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -101,7 +112,13 @@ class Settings:
         if not all(isinstance(t, dict) for t in tolerations):
             raise SettingsError("LIPSYNC_TOLERATIONS must be a JSON list of objects")
 
+        command_policy = js("LIPSYNC_COMMAND_POLICY", dict, {})
+        if not all(isinstance(v, list) and all(isinstance(p, str) and p for p in v) for v in command_policy.values()):
+            raise SettingsError('LIPSYNC_COMMAND_POLICY must map namespaces (or "*") to lists of programs, '
+                                'e.g. {"research": ["/opt/musetalk/run.sh"]} or {"research": ["*"]}')
+
         return cls(
+            command_policy={k: tuple(v) for k, v in command_policy.items()},
             runner_image=text("LIPSYNC_RUNNER_IMAGE", cls.runner_image),
             runner_service_account=text("LIPSYNC_RUNNER_SERVICE_ACCOUNT"),
             gpu_resource=text("LIPSYNC_GPU_RESOURCE", cls.gpu_resource),
