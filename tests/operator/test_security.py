@@ -166,3 +166,20 @@ def test_the_runner_in_cluster_mode_refuses_local_paths(tmp_path):
     proc = run_cli("run", "--job-env", "LIPSYNC_JOB", "--log-format", "json", env=env)
     assert proc.returncode == 10, proc.stdout + proc.stderr
     assert "spec.video" in json.loads(result.read_text())["message"]
+
+
+def test_a_lipsyncjob_in_an_unmanaged_namespace_gets_no_job(cluster, run_operator):
+    """The operator works in LIPSYNC_JOB_NAMESPACES only (here: renders); the cluster fixture also
+    checks that it made no request outside them."""
+    with run_operator():
+        cluster.create(CRS, lipsyncjob("intruder", namespace="kube-system", model={"name": "baseline"}))
+        cluster.create(CRS, lipsyncjob("elsewhere", namespace="team-b", model={"name": "baseline"}))
+        cluster.create(CRS, lipsyncjob("ours", model={"name": "baseline"}))
+        cluster.wait(lambda: cluster.list(JOBS, NS), message="the managed namespace's Job")
+        import time
+
+        time.sleep(1.0)  # time enough for a cluster-wide operator to have acted
+        for ns, name in (("kube-system", "intruder"), ("team-b", "elsewhere")):
+            assert cluster.list(JOBS, ns) == []
+            assert (cluster.get(CRS, ns, name) or {}).get("status") is None  # left alone
+            assert not (cluster.get(CRS, ns, name) or {}).get("metadata", {}).get("finalizers")
