@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping
 
 import kopf
 
+from lipsync import policy
 from lipsync.errors import LipSyncError
 from lipsync.spec import API_VERSION, KIND, LipSyncJob, parse_job
 
@@ -41,8 +42,9 @@ log = logging.getLogger("lipsync_operator")
 Key = queue.Key
 
 
-def validate(body: Mapping[str, Any]) -> tuple[LipSyncJob | None, str | None]:
-    """Parse a LipSyncJob custom resource with the one schema; (job, None) or (None, message)."""
+def check(body: Mapping[str, Any], settings: Settings | None = None) -> tuple[LipSyncJob | None, LipSyncError | None]:
+    """Parse a LipSyncJob custom resource with the one schema, then (given ``settings``) apply the
+    cluster policy (``lipsync.policy``); (job, None), or (None, the InvalidSpec/NotAllowed error)."""
     meta = body.get("metadata") or {}
     doc = {
         "apiVersion": body.get("apiVersion", API_VERSION),
@@ -51,16 +53,26 @@ def validate(body: Mapping[str, Any]) -> tuple[LipSyncJob | None, str | None]:
         "spec": body.get("spec"),
     }
     try:
-        return parse_job(doc, source=f"LipSyncJob {meta.get('namespace')}/{meta.get('name')}"), None
+        job = parse_job(doc, source=f"LipSyncJob {meta.get('namespace')}/{meta.get('name')}")
+        if settings is not None:
+            namespace = meta.get("namespace") or ""
+            policy.check(job.spec, settings.cluster_policy(namespace), namespace=namespace)
+        return job, None
     except LipSyncError as e:
-        return None, e.message
+        return None, e
 
 
-def candidate(body: Mapping[str, Any]) -> queue.Candidate:
-    """How the queue sees a LipSyncJob (for the kopf index)."""
+def validate(body: Mapping[str, Any], settings: Settings | None = None) -> tuple[LipSyncJob | None, str | None]:
+    """:func:`check`, with the refusal as a message: (job, None) or (None, message)."""
+    job, error = check(body, settings)
+    return job, None if error is None else error.message
+
+
+def candidate(body: Mapping[str, Any], settings: Settings | None = None) -> queue.Candidate:
+    """How the queue sees a LipSyncJob (for the kopf index); one the policy refuses is not valid."""
     meta = body.get("metadata") or {}
     st = body.get("status") or {}
-    job, _ = validate(body)
+    job, _ = check(body, settings)
     return queue.Candidate(
         namespace=meta.get("namespace") or "",
         name=meta.get("name") or "",
@@ -204,10 +216,12 @@ class Controller:
         gen = (body.get("metadata") or {}).get("generation")
         if self.statuses.get(key, {}).get("phase") in status.TERMINAL:
             return
-        job, error = validate(body)
+        job, error = check(body, self.settings)
         now = status.now_iso()
         if job is None:
-            await self.write(key, lambda c: status.invalid(c, error or "invalid spec", gen, now))
+            reason = error.reason if error is not None else "InvalidSpec"
+            message = error.message if error is not None else "invalid spec"
+            await self.write(key, lambda c: status.invalid(c, message, gen, now, reason=reason))
         elif self.statuses.get(key, {}).get("phase") and self.statuses[key].get("observedGeneration") != gen:
             # An accepted edit (still waiting): say the new generation was seen.
             await self.write(key, lambda c: status.build(
