@@ -8,7 +8,8 @@ watch event has not arrived yet (``Dispatcher.started``), so two admissions in a
 take the last slot.
 
 * counts against the budget: a LipSyncJob with a GPU Job that exists and is not finished;
-* waits: a valid, GPU-needing LipSyncJob with no Job, not finished, not being deleted;
+* waits: a valid, GPU-needing LipSyncJob with no Job, not finished, not being deleted, and whose
+  status does not say a Job was already created for it (``status.jobName``: one Job, ever);
 * order: ``creationTimestamp``, then namespace/name;
 * non-GPU jobs (``baseline``) never wait; with Kueue (``LIPSYNC_KUEUE_QUEUE``) nothing waits here:
   Jobs are created suspended and Kueue admits them.
@@ -35,12 +36,16 @@ class Candidate:
     created: str  # creationTimestamp (RFC 3339 sorts as text)
     gpu: bool
     valid: bool = True
+    error: str | None = None  # why the spec is invalid
+    digest: str | None = None  # jobs.spec_digest of the (valid) spec
     finished: bool = False  # phase Succeeded/Failed
     deleting: bool = False
     # Every field takes part in ==: kopf replaces an index value only when the new one differs.
     phase: str | None = None
     generation: int | None = None
     job: Any = dataclasses.field(default=None, hash=False, repr=False)  # the parsed LipSyncJob
+    started: bool = False  # its status says a Job was created: never start another
+    status: Any = dataclasses.field(default=None, hash=False, repr=False)  # its .status as last seen
 
     @property
     def key(self) -> Key:
@@ -61,6 +66,8 @@ class JobFact:
     uid: str    # the LipSyncJob's uid
     gpu: bool
     finished: bool
+    # What the status is computed from: name, labels, spec.suspend, status (jobs.job_facts_body).
+    body: Any = dataclasses.field(default=None, hash=False, repr=False)
 
     @property
     def key(self) -> Key:
@@ -88,7 +95,7 @@ def plan(candidates: Iterable[Candidate], jobs: Iterable[JobFact], *, budget: in
 
     pending = sorted(
         (c for c in candidates
-         if c.valid and not c.finished and not c.deleting and c.key not in has_job),
+         if c.valid and not c.finished and not c.deleting and not c.started and c.key not in has_job),
         key=lambda c: c.order,
     )
     if kueue:

@@ -60,3 +60,9 @@ def test_kueue_starts_everything():
 def test_zero_budget_queues_all_gpu_jobs():
     p = plan([cand("a", 1), cand("b", 2, gpu=False)], [], budget=0)
     assert names(p.start) == ["b"] and names(p.wait) == ["a"]
+
+
+def test_a_job_whose_status_says_its_job_was_created_never_starts_again():
+    """After a restart its Job is gone (deleted, or removed by its TTL): no second Job."""
+    p = plan([cand("a", 1, started=True), cand("b", 2)], [], budget=5)
+    assert names(p.start) == ["b"] and p.wait == []
