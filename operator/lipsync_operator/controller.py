@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import json
 import logging
 import random
@@ -58,6 +59,30 @@ def validate(body: Mapping[str, Any]) -> tuple[LipSyncJob | None, str | None]:
         return None, e.message
 
 
+ARRIVAL_ANNOTATION = "lipsync.dev/arrival"
+_first_seen: dict[str, str] = {}  # uid -> when this process first saw it (until it is annotated)
+
+
+def arrival(meta: Mapping[str, Any]) -> str:
+    """When the operator first saw a LipSyncJob (RFC 3339, microseconds): the FIFO tie-break for
+    jobs created in the same second (``creationTimestamp`` has whole seconds). kopf's watch
+    delivers creations in order, so first sight is creation order; the create handler keeps it
+    in the ``lipsync.dev/arrival`` annotation so that a restarted operator keeps the order."""
+    annotated = (meta.get("annotations") or {}).get(ARRIVAL_ANNOTATION)
+    uid = meta.get("uid") or ""
+    if annotated:
+        _first_seen.pop(uid, None)
+        return str(annotated)
+    if uid not in _first_seen:
+        _first_seen[uid] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="microseconds").replace("+00:00", "Z")
+    return _first_seen[uid]
+
+
+def forget_arrival(uid: str | None) -> None:
+    _first_seen.pop(uid or "", None)
+
+
 def candidate(body: Mapping[str, Any]) -> queue.Candidate:
     """How the queue sees a LipSyncJob (for the kopf index)."""
     meta = body.get("metadata") or {}
@@ -78,6 +103,7 @@ def candidate(body: Mapping[str, Any]) -> queue.Candidate:
         generation=meta.get("generation"),
         job=job,
         started=bool(st.get("jobName")) or st.get("phase") == "Running",
+        arrival=arrival(meta),
         status=dict(st),
     )
 
@@ -319,6 +345,7 @@ class Controller:
     def gone(self, key: Key) -> None:
         """The LipSyncJob has disappeared from the cluster."""
         self.deleting.discard(key)
+        forget_arrival(self.uids.get(key))
         self.uids.pop(key, None)
         self.locks.pop(key, None)
         self.statuses.pop(key, None)

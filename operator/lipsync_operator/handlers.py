@@ -29,7 +29,7 @@ import kopf
 from lipsync.spec import API_GROUP, API_VERSION, PLURAL
 
 from . import jobs
-from .controller import DISPATCH, Controller, candidate, job_fact
+from .controller import ARRIVAL_ANNOTATION, DISPATCH, Controller, arrival, candidate, job_fact
 from .kube import Kube, connection_info
 from .settings import Settings
 
@@ -105,8 +105,11 @@ def _ctl(memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index) -> 
 # backoff: a failed call (API server hiccup) is retried in seconds, not kopf's default minute.
 @kopf.on.resume(*CR, backoff=5)
 @kopf.on.create(*CR, backoff=5)
-async def created(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index,
-                  **_: Any) -> None:
+async def created(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo,
+                  lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index, **_: Any) -> None:
+    if not (meta.get("annotations") or {}).get(ARRIVAL_ANNOTATION):
+        # The queue's FIFO tie-break, kept across restarts (rides on kopf's own patch: no extra call).
+        patch.metadata.annotations[ARRIVAL_ANNOTATION] = arrival(meta)
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     await ctl.accept(body)
     await ctl.attempt(DISPATCH)

@@ -218,7 +218,8 @@ def queued(current: Mapping[str, Any] | None, *, generation: int | None, now: st
         message = f"waiting for Kueue to admit the Job (queue {kueue})"
         reason = "WaitingForKueue"
     else:
-        message = f"waiting for a GPU: at most {budget} GPU jobs run at once, oldest first"
+        message = (f"waiting for a GPU: at most {budget} GPU jobs run at once, shared between namespaces "
+                   "in turn, oldest first within one")
         reason = "WaitingForGPU"
     return build(current, phase="Queued", reason=reason, message=message, generation=generation, now=now,
                  progress=(current or {}).get("progress") or 0)

@@ -202,3 +202,56 @@ def test_refused_edit_is_stalled_until_reverted_never_ready(cluster, run_operato
             assert v["status"]["observedGeneration"] != 2
         argo, current, failed = _health(v)
         assert (argo == "Healthy") == current and (argo == "Degraded") == failed, v["status"]
+
+
+# ---------------------------------------------------------------------------- the queue
+def phase_in(cluster, ns: str, name: str) -> str | None:
+    return ((cluster.get(CRS, ns, name) or {}).get("status") or {}).get("phase")
+
+
+def jobs_of(cluster, ns: str) -> list[dict]:
+    return cluster.list(JOBS, ns)
+
+
+def complete(cluster, job: dict) -> None:
+    """The Job controller and kubelet: the Job's pod runs and the Job completes."""
+    pod = start_pod(cluster, job)
+    end_pod(cluster, pod, exit_code=0, message=result_json(name=job["metadata"]["name"]))
+    finish_job(cluster, job, ok=True)
+
+
+def test_one_namespaces_backlog_does_not_hold_back_anothers_first_job(cluster, run_operator):
+    """150 jobs from team-a, then one from team-b: team-b's job gets the next free slot."""
+    with run_operator(LIPSYNC_GPU_BUDGET="2"):
+        for i in range(150):
+            cluster.create(CRS, lipsyncjob(f"a-{i:03d}", namespace="team-a"))
+        cluster.wait(lambda: phase_in(cluster, "team-a", "a-149") == "Queued", timeout=90, message="a-149 Queued")
+        running = jobs_of(cluster, "team-a")
+        assert len(running) == 2
+        cluster.create(CRS, lipsyncjob("first", namespace="team-b"))
+        cluster.wait(lambda: phase_in(cluster, "team-b", "first") == "Queued", message="team-b's job Queued")
+        complete(cluster, running[0])  # one slot frees
+        cluster.wait(lambda: len(jobs_of(cluster, "team-b")) == 1, message="team-b's Job")
+        time.sleep(0.5)
+        assert len(jobs_of(cluster, "team-a")) == 2  # a-002 still waits: team-b went first
+        assert phase_in(cluster, "team-a", "a-002") == "Queued"
+
+
+def test_same_second_creations_start_in_creation_order_across_a_restart(cluster, run_operator):
+    """creationTimestamp has whole seconds: jobs created in the same second start in the order
+    they were created (not by name), also after the operator restarts."""
+    order = ["s-zulu", "s-mike", "s-alpha"]
+    with run_operator(LIPSYNC_GPU_BUDGET="1"):
+        blocker = the_job(cluster, cluster.create(CRS, lipsyncjob("blocker")))
+        time.sleep(1.05 - time.time() % 1)  # the start of a second
+        crs = [cluster.create(CRS, lipsyncjob(n)) for n in order]
+        assert len({c["metadata"]["creationTimestamp"] for c in crs}) == 1
+        for n in order:
+            wait_status(cluster, n, phase="Queued")
+    with run_operator(LIPSYNC_GPU_BUDGET="1"):
+        prev = blocker
+        for n, cr in zip(order, crs):
+            complete(cluster, prev)
+            prev = the_job(cluster, cr)
+            time.sleep(0.3)
+            assert len([j for j in cluster.list(JOBS, NS)]) == order.index(n) + 2  # only n's Job was added
