@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 
 import kopf
 
+from lipsync import policy
 from lipsync.errors import LipSyncError
 from lipsync.spec import API_VERSION, KIND, LipSyncJob, parse_job
 
@@ -44,8 +45,9 @@ log = logging.getLogger("lipsync_operator")
 Key = queue.Key
 
 
-def validate(body: Mapping[str, Any]) -> tuple[LipSyncJob | None, str | None]:
-    """Parse a LipSyncJob custom resource with the one schema; (job, None) or (None, message)."""
+def check(body: Mapping[str, Any], settings: Settings | None = None) -> tuple[LipSyncJob | None, LipSyncError | None]:
+    """Parse a LipSyncJob custom resource with the one schema, then (given ``settings``) apply the
+    cluster policy (``lipsync.policy``); (job, None), or (None, the InvalidSpec/NotAllowed error)."""
     meta = body.get("metadata") or {}
     doc = {
         "apiVersion": body.get("apiVersion", API_VERSION),
@@ -54,9 +56,19 @@ def validate(body: Mapping[str, Any]) -> tuple[LipSyncJob | None, str | None]:
         "spec": body.get("spec"),
     }
     try:
-        return parse_job(doc, source=f"LipSyncJob {meta.get('namespace')}/{meta.get('name')}"), None
+        job = parse_job(doc, source=f"LipSyncJob {meta.get('namespace')}/{meta.get('name')}")
+        if settings is not None:
+            namespace = meta.get("namespace") or ""
+            policy.check(job.spec, settings.cluster_policy(namespace), namespace=namespace)
+        return job, None
     except LipSyncError as e:
-        return None, e.message
+        return None, e
+
+
+def validate(body: Mapping[str, Any], settings: Settings | None = None) -> tuple[LipSyncJob | None, str | None]:
+    """:func:`check`, with the refusal as a message: (job, None) or (None, message)."""
+    job, error = check(body, settings)
+    return job, None if error is None else error.message
 
 
 ARRIVAL_ANNOTATION = "lipsync.dev/arrival"
@@ -83,11 +95,11 @@ def forget_arrival(uid: str | None) -> None:
     _first_seen.pop(uid or "", None)
 
 
-def candidate(body: Mapping[str, Any]) -> queue.Candidate:
-    """How the queue sees a LipSyncJob (for the kopf index)."""
+def candidate(body: Mapping[str, Any], settings: Settings | None = None) -> queue.Candidate:
+    """How the queue sees a LipSyncJob (for the kopf index); one the policy refuses is not valid."""
     meta = body.get("metadata") or {}
     st = body.get("status") or {}
-    job, error = validate(body)
+    job, error = check(body, settings)
     return queue.Candidate(
         namespace=meta.get("namespace") or "",
         name=meta.get("name") or "",
@@ -95,7 +107,8 @@ def candidate(body: Mapping[str, Any]) -> queue.Candidate:
         created=meta.get("creationTimestamp") or "",
         gpu=bool(job and jobs_mod.needs_gpu(job)),
         valid=job is not None,
-        error=error,
+        error=error.message if error is not None else None,
+        error_reason=error.reason if error is not None else None,
         digest=jobs_mod.spec_digest(jobs_mod.runner_document(job)["spec"]) if job is not None else None,
         finished=st.get("phase") in status.TERMINAL,
         deleting=bool(meta.get("deletionTimestamp")),
@@ -379,7 +392,8 @@ class Controller:
         created = cur.get("jobName") or cur.get("phase") == "Running" or cand.started
         if not facts and not created:
             if cand.job is None:
-                await self.write(key, lambda c: status.invalid(c, cand.error or "invalid spec", gen, now))
+                await self.write(key, lambda c: status.invalid(c, cand.error or "invalid spec", gen, now,
+                                                               reason=cand.error_reason or "InvalidSpec"))
             else:
                 await self.write(key, lambda c: c)  # an accepted edit (still waiting): the new generation seen
             return

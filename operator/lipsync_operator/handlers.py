@@ -78,8 +78,9 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 
 # ---------------------------------------------------------------------------- indexes
 @kopf.index(*CR)
-def lipsyncjobs_idx(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict:
-    return {(namespace, name): candidate(body)}
+def lipsyncjobs_idx(body: kopf.Body, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> dict:
+    ctl: Controller | None = getattr(memo, "ctl", None)
+    return {(namespace, name): candidate(body, ctl.settings if ctl is not None else Settings.from_env())}
 
 
 @kopf.index("batch", "v1", "jobs", labels=OURS)

@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from lipsync.errors import PERMANENT_EXIT_CODES
+from lipsync.policy import IN_CLUSTER_ENV
 from lipsync.spec import API_VERSION, GPU_MODELS, KIND, LipSyncJob
 
 from .settings import Settings
@@ -92,6 +93,9 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
     env: list[dict[str, Any]] = [
         {"name": "LIPSYNC_JOB", "value": json.dumps(runner_document(job), separators=(",", ":"))},
         {"name": "LIPSYNC_RESULT_FILE", "value": RESULT_FILE},
+        # The runner applies the same policy the operator did (lipsync.policy): defence in depth.
+        {"name": IN_CLUSTER_ENV, "value": "1"},
+        *({"name": k, "value": v} for k, v in sorted(settings.cluster_policy(meta.namespace).env().items())),
     ]
     if settings.s3_endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint})

@@ -41,7 +41,8 @@ class Candidate:
     created: str  # creationTimestamp (RFC 3339 sorts as text)
     gpu: bool
     valid: bool = True
-    error: str | None = None  # why the spec is invalid
+    error: str | None = None  # why the spec is invalid (or refused by the cluster policy)
+    error_reason: str | None = None  # InvalidSpec, NotAllowed
     digest: str | None = None  # jobs.spec_digest of the (valid) spec
     finished: bool = False  # phase Succeeded/Failed
     deleting: bool = False

@@ -25,6 +25,12 @@ variable                             meaning                        default
 ``LIPSYNC_RESYNC_SECONDS``           seconds between resyncs of     ``30``
                                      every unfinished LipSyncJob
 ``LIPSYNC_METRICS_PORT``             Prometheus port (0: off)       ``9090``
+``LIPSYNC_JOB_NAMESPACES``          comma-separated namespaces the (unset: all namespaces, for
+                                     operator works in; LipSyncJobs  development; the chart
+                                     elsewhere are left alone        always sets it)
+``LIPSYNC_COMMAND_POLICY``           JSON object: namespace (or     ``{}`` (no ``command`` model
+                                     ``*``) → programs a ``command``  anywhere)
+                                     model may run (``["*"]``: any)
 ==================================== ============================== ==============================
 
 Parsed once per operator run (kopf's startup handler; ``main`` parses first to fail fast with a
@@ -36,7 +42,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Mapping
+
+from lipsync.policy import ANY, ClusterPolicy
+
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class SettingsError(ValueError):
@@ -64,6 +76,13 @@ class Settings:
     resync_seconds: float = 30.0
     metrics_port: int = 9090
     health_port: int = 8080
+    command_policy: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    job_namespaces: tuple[str, ...] = ()  # empty: every namespace (a ClusterRole's worth of access)
+
+    def cluster_policy(self, namespace: str) -> ClusterPolicy:
+        """What a LipSyncJob in ``namespace`` may ask for (lipsync.policy), the runner's copy included."""
+        programs = (*self.command_policy.get(namespace, ()), *self.command_policy.get(ANY, ()))
+        return ClusterPolicy(commands=(ANY,) if ANY in programs else tuple(dict.fromkeys(programs)))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -104,7 +123,20 @@ class Settings:
         if not all(isinstance(t, dict) for t in tolerations):
             raise SettingsError("LIPSYNC_TOLERATIONS must be a JSON list of objects")
 
+        command_policy = js("LIPSYNC_COMMAND_POLICY", dict, {})
+        if not all(isinstance(v, list) and all(isinstance(p, str) and p for p in v) for v in command_policy.values()):
+            raise SettingsError('LIPSYNC_COMMAND_POLICY must map namespaces (or "*") to lists of programs, '
+                                'e.g. {"research": ["/opt/musetalk/run.sh"]} or {"research": ["*"]}')
+
+        job_namespaces = tuple(dict.fromkeys(n.strip() for n in (text("LIPSYNC_JOB_NAMESPACES") or "").split(",")
+                                             if n.strip()))
+        bad = [n for n in job_namespaces if not _DNS1123_LABEL.match(n)]
+        if bad:
+            raise SettingsError(f"LIPSYNC_JOB_NAMESPACES: {bad[0]!r} is not a namespace name")
+
         return cls(
+            job_namespaces=job_namespaces,
+            command_policy={k: tuple(v) for k, v in command_policy.items()},
             runner_image=text("LIPSYNC_RUNNER_IMAGE", cls.runner_image),
             runner_service_account=text("LIPSYNC_RUNNER_SERVICE_ACCOUNT"),
             gpu_resource=text("LIPSYNC_GPU_RESOURCE", cls.gpu_resource),

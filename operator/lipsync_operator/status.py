@@ -28,6 +28,7 @@ import json
 from typing import Any, Iterable, Mapping
 
 from lipsync.errors import REASONS, reason_for_exit_code
+from lipsync.redact import redact
 
 from .jobs import CONTAINER, KUEUE_QUEUE_LABEL
 
@@ -189,7 +190,10 @@ def build(current: Mapping[str, Any] | None, *, phase: str, generation: int | No
 
     Phases never go backwards: if ``current`` is terminal it is returned unchanged, and a Running
     status asked to become Pending or Queued (a pod retried after an eviction) stays Running.
+    The message is redacted (``lipsync.redact``): status and Events are read by the whole namespace.
     """
+    if message:
+        message = redact(message, ())
     current = dict(current or {})
     if current.get("phase") in TERMINAL:
         return current
@@ -206,9 +210,10 @@ def build(current: Mapping[str, Any] | None, *, phase: str, generation: int | No
     return {k: v for k, v in new.items() if v is not None}
 
 
-def invalid(current: Mapping[str, Any] | None, message: str, generation: int | None, now: str) -> dict[str, Any]:
-    """An invalid spec: Failed/Stalled with reason InvalidSpec, never a Job."""
-    return build(current, phase="Failed", reason="InvalidSpec", message=message, generation=generation,
+def invalid(current: Mapping[str, Any] | None, message: str, generation: int | None, now: str,
+            reason: str = "InvalidSpec") -> dict[str, Any]:
+    """A refused spec (InvalidSpec, or NotAllowed by the cluster policy): Failed/Stalled, never a Job."""
+    return build(current, phase="Failed", reason=reason, message=message, generation=generation,
                  now=now, finishedAt=now, progress=0)
 
 

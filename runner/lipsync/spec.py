@@ -40,6 +40,9 @@ class _Model(BaseModel):
     )
 
 
+_DOT_SEGMENT = re.compile(r"(^|/)(\.|%2e){1,2}(/|$)", re.I)
+
+
 def _check_uri(value: str, *, field: str) -> str:
     value = value.strip()
     if not value:
@@ -49,6 +52,13 @@ def _check_uri(value: str, *, field: str) -> str:
         raise ValueError(f"{field} has unsupported scheme {scheme!r}: give {_URI_HELP}")
     if scheme == "s3" and not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", value):
         raise ValueError(f"{field} {value!r} is not s3://bucket/key with a valid bucket name")
+    path = value.split("://", 1)[-1]
+    if scheme in ("http", "https"):
+        path = path.split("?", 1)[0].split("#", 1)[0]  # S3 keys may hold '?' and '#'; URLs end there
+    if scheme and _DOT_SEGMENT.search(path):
+        # S3 keys and URL paths are names, not folders to climb: 'a/../b' would be read as one
+        # object by a store and as another by a cache or a policy check.
+        raise ValueError(f"{field} {value!r} has a '.' or '..' segment: write the path without them")
     return value
 
 

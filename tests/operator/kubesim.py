@@ -394,6 +394,13 @@ class Cluster:
         raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last!r}")
 
 
+def namespace_of(path: str) -> str | None:
+    """The namespace a request's path names, None for a cluster-wide one."""
+    parts = path.strip("/").split("/")
+    rest = parts[2:] if parts[0] == "api" else parts[3:]
+    return rest[1] if len(rest) >= 3 and rest[0] == "namespaces" else None
+
+
 def rbac_of(method: str, path: str, query: dict[str, str]) -> tuple[str, str, str] | None:
     """The (apiGroup, resource, verb) an HTTP request needs under RBAC; None for discovery."""
     parts = path.strip("/").split("/")

@@ -222,7 +222,7 @@ def complete(cluster, job: dict) -> None:
 
 def test_one_namespaces_backlog_does_not_hold_back_anothers_first_job(cluster, run_operator):
     """150 jobs from team-a, then one from team-b: team-b's job gets the next free slot."""
-    with run_operator(LIPSYNC_GPU_BUDGET="2"):
+    with run_operator(LIPSYNC_GPU_BUDGET="2", LIPSYNC_JOB_NAMESPACES="team-a,team-b"):
         for i in range(150):
             cluster.create(CRS, lipsyncjob(f"a-{i:03d}", namespace="team-a"))
         cluster.wait(lambda: phase_in(cluster, "team-a", "a-149") == "Queued", timeout=90, message="a-149 Queued")
