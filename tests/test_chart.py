@@ -25,6 +25,8 @@ OPERATOR_ENV = {
     "LIPSYNC_ACTIVE_DEADLINE_SECONDS", "LIPSYNC_TTL_SECONDS_AFTER_FINISHED", "LIPSYNC_BACKOFF_LIMIT",
     "LIPSYNC_RUNNER_CPU", "LIPSYNC_RUNNER_MEMORY", "LIPSYNC_PROGRESS_INTERVAL", "LIPSYNC_METRICS_PORT",
     "LIPSYNC_HEALTH_PORT", "LIPSYNC_COMMAND_POLICY", "LIPSYNC_JOB_NAMESPACES",
+    "LIPSYNC_RUNNER_EPHEMERAL_STORAGE", "LIPSYNC_SCRATCH_SIZE_LIMIT", "LIPSYNC_MAX_INPUT_BYTES",
+    "LIPSYNC_MAX_WEIGHTS_BYTES", "LIPSYNC_DOWNLOAD_DEADLINE_SECONDS",
 }
 
 CUSTOM_VALUES: dict[str, Any] = {
@@ -357,3 +359,28 @@ def test_health_port_reaches_the_operator():
     assert port == 8081 and c["livenessProbe"]["httpGet"]["port"] in ("health", 8081)
     settings = Settings.from_env(env_of(docs))
     assert f"--liveness=http://0.0.0.0:{port}/healthz" in kopf_args(settings=settings)
+
+
+def test_runner_pods_have_storage_limits_and_a_read_only_root():
+    """The chart's values, through the operator's settings, into the Job it makes."""
+    from lipsync.spec import parse_job
+    from lipsync_operator.jobs import job_manifest
+    from lipsync_operator.settings import Settings
+
+    settings = Settings.from_env(env_of(render({"runner": {"downloads": {"deadlineSeconds": 600}}})))
+    job = parse_job({"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
+                     "metadata": {"name": "x", "namespace": NAMESPACE, "uid": "u-1"},
+                     "spec": {"video": "s3://media/v.mp4", "audio": "s3://media/a.wav", "output": {"uri": "s3://media/out"}}})
+    manifest = job_manifest(job, settings)
+    k8s_validate(manifest)
+    pod = manifest["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["resources"]["requests"]["ephemeral-storage"] == c["resources"]["limits"]["ephemeral-storage"] == "64Gi"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    (vol,) = pod["volumes"]
+    assert vol["emptyDir"] == {"sizeLimit": "60Gi"}
+    assert [m["mountPath"] for m in c["volumeMounts"]] == ["/tmp"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["LIPSYNC_MAX_INPUT_BYTES"] == env["LIPSYNC_MAX_WEIGHTS_BYTES"] == str(20 * 1024**3)
+    assert env["LIPSYNC_DOWNLOAD_DEADLINE_SECONDS"] == "600"
+    assert env["TMPDIR"] == env["HOME"] == "/tmp"

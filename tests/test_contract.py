@@ -48,18 +48,39 @@ def cluster_job(tmp_path: Path, video: str, audio: str) -> dict:
     doc = {"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
            "metadata": {"name": "promo", "namespace": "media", "uid": "1f0c-uid"},
            "spec": {"video": video, "audio": audio, "output": {"uri": OUT, "preset": "ultrafast"}}}
-    return jobs.job_manifest(parse_job(doc), Settings())
+    return jobs.job_manifest(parse_job(doc), SETTINGS)
+
+
+# The chart's defaults: storage request/limit, scratch sizeLimit, download limits.
+SETTINGS = Settings(runner_ephemeral_storage="64Gi", scratch_size_limit="60Gi", max_input_bytes=20 * 1024**3,
+                    max_weights_bytes=20 * 1024**3, download_deadline_seconds=3600)
 
 
 def run_pod(manifest: dict, tmp_path: Path) -> tuple[dict, str]:
-    """Run the Job's container command locally; return the pod status a kubelet would report."""
+    """Run the Job's container command locally; return the pod status a kubelet would report.
+
+    As the pod runs it: the root filesystem read-only, so the one writable place is the /tmp
+    volume (here a folder of its own, the manifest's paths under /tmp mapped into it), and the
+    working directory (the image's WORKDIR) is left untouched.
+    """
     (container,) = manifest["spec"]["template"]["spec"]["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    (mount,) = container["volumeMounts"]
+    (volume,) = manifest["spec"]["template"]["spec"]["volumes"]
+    assert volume["name"] == mount["name"] and volume["emptyDir"]["sizeLimit"] == "60Gi"
+    assert container["resources"]["limits"]["ephemeral-storage"] == "64Gi"
     assert container["terminationMessagePath"] == container_env(container)["LIPSYNC_RESULT_FILE"]
+    scratch, workdir = tmp_path / "volume-tmp", tmp_path / "workdir"
+    scratch.mkdir(exist_ok=True)
+    workdir.mkdir(exist_ok=True)
     result = tmp_path / "termination-log"
-    env = {**container_env(container), "LIPSYNC_RESULT_FILE": str(result)}
+    env = {k: str(scratch) + v[len(mount["mountPath"]):] if v.startswith(mount["mountPath"]) else v
+           for k, v in container_env(container).items()}
+    env["LIPSYNC_RESULT_FILE"] = str(result)
     args = container["args"]
     assert args[0] == "lipsync"
-    proc = run_cli(*args[1:], env=env)
+    proc = run_cli(*args[1:], env=env, cwd=workdir)
+    assert list(workdir.iterdir()) == [], "the runner wrote outside its volume"
     pod = {"status": {
         "phase": "Succeeded" if proc.returncode == 0 else "Failed",
         "containerStatuses": [{"name": jobs.CONTAINER, "state": {"terminated": {

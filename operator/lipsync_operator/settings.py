@@ -25,6 +25,13 @@ variable                             meaning                        default
 ``LIPSYNC_RESYNC_SECONDS``           seconds between resyncs of     ``30``
                                      every unfinished LipSyncJob
 ``LIPSYNC_METRICS_PORT``             Prometheus port (0: off)       ``9090``
+``LIPSYNC_RUNNER_EPHEMERAL_STORAGE`` ephemeral-storage request = limit (none)
+                                     of the runner (its scratch,
+                                     logs and writable layers)
+``LIPSYNC_SCRATCH_SIZE_LIMIT``       sizeLimit of the /tmp emptyDir  (none)
+``LIPSYNC_MAX_INPUT_BYTES``          passed to the runner            (runner default: 20 GiB)
+``LIPSYNC_MAX_WEIGHTS_BYTES``        passed to the runner            (runner default: 20 GiB)
+``LIPSYNC_DOWNLOAD_DEADLINE_SECONDS`` passed to the runner           (runner default: 3600)
 ``LIPSYNC_JOB_NAMESPACES``          comma-separated namespaces the (unset: all namespaces, for
                                      operator works in; LipSyncJobs  development; the chart
                                      elsewhere are left alone        always sets it)
@@ -78,6 +85,17 @@ class Settings:
     health_port: int = 8080
     command_policy: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     job_namespaces: tuple[str, ...] = ()  # empty: every namespace (a ClusterRole's worth of access)
+    runner_ephemeral_storage: str | None = None
+    scratch_size_limit: str | None = None
+    max_input_bytes: int | None = None
+    max_weights_bytes: int | None = None
+    download_deadline_seconds: int | None = None
+
+    def runner_limits_env(self) -> dict[str, str]:
+        """The runner's download limits (lipsync.io.limits), where configured."""
+        pairs = (("LIPSYNC_MAX_INPUT_BYTES", self.max_input_bytes), ("LIPSYNC_MAX_WEIGHTS_BYTES", self.max_weights_bytes),
+                 ("LIPSYNC_DOWNLOAD_DEADLINE_SECONDS", self.download_deadline_seconds))
+        return {k: str(v) for k, v in pairs if v is not None}
 
     def cluster_policy(self, namespace: str) -> ClusterPolicy:
         """What a LipSyncJob in ``namespace`` may ask for (lipsync.policy), the runner's copy included."""
@@ -134,7 +152,15 @@ class Settings:
         if bad:
             raise SettingsError(f"LIPSYNC_JOB_NAMESPACES: {bad[0]!r} is not a namespace name")
 
+        def optional(name: str) -> int | None:
+            return number(name, None, minimum=1) if text(name) is not None else None
+
         return cls(
+            runner_ephemeral_storage=text("LIPSYNC_RUNNER_EPHEMERAL_STORAGE"),
+            scratch_size_limit=text("LIPSYNC_SCRATCH_SIZE_LIMIT"),
+            max_input_bytes=optional("LIPSYNC_MAX_INPUT_BYTES"),
+            max_weights_bytes=optional("LIPSYNC_MAX_WEIGHTS_BYTES"),
+            download_deadline_seconds=optional("LIPSYNC_DOWNLOAD_DEADLINE_SECONDS"),
             job_namespaces=job_namespaces,
             command_policy={k: tuple(v) for k, v in command_policy.items()},
             runner_image=text("LIPSYNC_RUNNER_IMAGE", cls.runner_image),
