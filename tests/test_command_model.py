@@ -3,6 +3,7 @@ and the LatentSync preset's command line (LatentSync itself is not installed her
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -21,7 +22,9 @@ from lipsync.spec import load_jobs
 from lipsync.video.source import source_index
 from lipsync.video.track import detect_faces
 
-from .media import clip, frames, job_file, packet_md5, peak_rss, psnr, reencode, speech, stream
+from .media import clip, frames, job_file, packet_md5, peak_rss, psnr, reencode, run_cli, speech, stream
+
+pytestmark = pytest.mark.slow  # renders or scores whole clips: `-m "not slow"` skips them
 
 TOOLS = Path(__file__).parent / "tools"
 TOOL = TOOLS / "mouth_envelope.py"
@@ -102,12 +105,51 @@ def test_memory_stays_flat_with_clip_length(media, tmp_path):
     assert long <= 1.2 * short, (short, long)
 
 
-def test_nonzero_exit_is_model_failed_with_stderr_tail(media, tmp_path):
+def test_nonzero_exit_is_model_failed_with_the_output_tail_as_detail_only(media, tmp_path):
     with pytest.raises(ModelFailed) as err:
         run(tmp_path, media, command_spec("--fail"))
     msg = str(err.value)
-    assert "exited with code 3" in msg and "CUDA out of memory (pretend)" in msg
+    assert "exited with code 3" in msg and "runner's log" in msg
+    # The program's words go to the log (the CLI prints them), never into the message that
+    # becomes status.message, an Event and the termination message.
+    assert "CUDA out of memory (pretend)" not in msg
+    assert "CUDA out of memory (pretend)" in err.value.detail
     assert_nothing_published(tmp_path)
+
+
+def test_cli_prints_the_programs_last_lines_in_its_log_not_its_result(media, tmp_path):
+    path = job_file(tmp_path, video=str(media / "still.mp4"), audio=str(media / "speech.m4a"),
+                    model=command_spec("--fail"), timing={"follow": "video"})
+    result = tmp_path / "result.json"
+    proc = run_cli("run", str(path), "--log-format", "json", env={"LIPSYNC_RESULT_FILE": str(result)})
+    assert proc.returncode == 21
+    assert "CUDA out of memory (pretend)" in proc.stdout
+    assert "CUDA out of memory (pretend)" not in result.read_text()
+
+
+def test_program_gets_a_scrubbed_environment(tmp_path, monkeypatch):
+    from lipsync.models.command import program_env, run_command
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value-123")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE12")
+    monkeypatch.setenv("LIPSYNC_JOB", '{"spec": {}}')
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    env = program_env(os.environ, {"HF_HUB_OFFLINE": "1"})
+    assert not any(k.startswith(("AWS_", "LIPSYNC_")) for k in env)
+    assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["PATH"] == os.environ["PATH"] and env["HF_HUB_OFFLINE"] == "1"
+    out = tmp_path / "env.txt"
+    run_command(["/bin/sh", "-c", f"env > {out}"], cwd=tmp_path, env=env, timeout_s=10, name="t")
+    assert "s3cr3t-value-123" not in out.read_text() and "PATH=" in out.read_text()
+
+
+def test_runner_is_not_dumpable_once_a_program_ran(tmp_path):
+    """Non-dumpable: a program of the runner's (non-root) user cannot read /proc/<runner>/environ."""
+    import ctypes
+
+    from lipsync.models.command import run_command
+
+    run_command(["/bin/true"], cwd=tmp_path, env={}, timeout_s=10, name="t")
+    assert ctypes.CDLL(None).prctl(3, 0, 0, 0, 0) == 0  # PR_GET_DUMPABLE
 
 
 def test_hanging_command_times_out_quickly(media, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from lipsync.sample import _place, astronaut, background
 from lipsync.spec import FaceSpec
-from lipsync.video.track import build_track, jitter, scan
+from lipsync.video.track import Box, _fill, build_track, jitter, scan
 
 W, H = 480, 270
 
@@ -62,3 +62,22 @@ def test_selects_the_requested_face():
     left = build_track(scan(two, 1.0, FaceSpec(select="index", index=0)), fps=25, padding=0.25, every=5)
     right = build_track(scan(two, 1.0, FaceSpec(select="index", index=1)), fps=25, padding=0.25, every=5)
     assert left[5].x + left[5].size / 2 < W / 2 < right[5].x + right[5].size / 2
+
+
+def test_gaps_are_interpolated_linearly_bridged_when_short_and_left_open_when_long():
+    b = lambda x, w=40.0: Box(x, 20.0, w, w)  # noqa: E731
+    det: dict[int, Box | None] = {0: b(0), 4: b(8), 6: None, 10: b(20), 12: None, 30: b(20), 40: b(60, 80), 41: None}
+    keys = sorted(det)
+    out = _fill(det, keys, 0, 44, bridge=12)
+    # 0 → 4: no miss between, a straight line (2 px a frame)
+    assert [o.x for o in out[0:5]] == pytest.approx([0, 2, 4, 6, 8])
+    # 4 → 10: a miss at 6, but 6 frames ≤ bridge and the boxes overlap: bridged, still a line
+    assert [o.x for o in out[4:11]] == pytest.approx([8, 10, 12, 14, 16, 18, 20])
+    # 10 → 30: a miss at 12 and 20 frames > bridge: the face was gone, nothing in between
+    assert out[11:30] == [None] * 19 and out[30] == b(20)
+    # 30 → 40: no miss between: interpolated in position and size
+    assert out[35] == Box(pytest.approx(40), 20.0, pytest.approx(60), pytest.approx(60))
+    # after the last hit, a miss: nothing
+    assert out[40] == b(60, 80) and out[41:] == [None] * 3
+    # a shot that starts mid-clip reads only its own detections
+    assert _fill(det, keys, 12, 35, bridge=12)[18] == b(20) and _fill(det, keys, 12, 35, bridge=12)[:18] == [None] * 18

@@ -10,20 +10,48 @@ import signal
 import sys
 from pathlib import Path
 
-from . import log
+from . import log, policy
 from .errors import REASONS, InvalidSpec, LipSyncError
+from .redact import redact
 from .spec import LipSyncJob, iter_job_files, load_jobs, parse_job
 
 
+RESULT_LIMIT = 4096  # bytes: the kubelet truncates a termination message beyond this
+
+
+def result_text(payload: dict, limit: int = RESULT_LIMIT) -> str:
+    """The result JSON, credentials redacted, always parseable and at most ``limit`` bytes.
+
+    ASCII-only JSON (so characters are bytes). Too long: the message is shortened first (its end
+    kept: that is where an error says what failed); if the artifact URIs alone are too long they
+    are left out (the operator then keeps the artifacts it knows).
+    """
+    payload = {**payload, "message": redact(payload.get("message") or "")}
+    for candidate in (payload, {**payload, "artifacts": {}}):
+        text = _shorten_to_fit(candidate, limit)
+        if text is not None:
+            return text
+    return json.dumps({"phase": payload.get("phase"), "reason": payload.get("reason"), "message": "", "artifacts": {}})
+
+
+def _shorten_to_fit(payload: dict, limit: int) -> str | None:
+    message = payload["message"]
+    keep = len(message)
+    while True:
+        text = json.dumps({**payload, "message": message if keep == len(message) else "..." + message[-keep:]
+                           if keep else ""}, ensure_ascii=True)
+        if len(text) <= limit:
+            return text
+        if keep == 0:
+            return None
+        keep = max(0, min(keep - (len(text) - limit), keep * 9 // 10))
+
+
 def _write_result(payload: dict) -> None:
-    """The runner's last word for the operator (the pod's termination message, < 4 KiB)."""
+    """The runner's last word for the operator (the pod's termination message): see :func:`result_text`."""
     path = os.environ.get("LIPSYNC_RESULT_FILE")
     if path:
-        text = json.dumps(payload)
-        if len(text) > 4000:
-            payload = {**payload, "message": payload.get("message", "")[:1000]}
-            text = json.dumps(payload)
-        Path(path).write_text(text)
+        Path(path).write_text(result_text(payload))
 
 
 def _jobs_from_args(args: argparse.Namespace) -> list[tuple[LipSyncJob, Path]]:
@@ -36,7 +64,10 @@ def _jobs_from_args(args: argparse.Namespace) -> list[tuple[LipSyncJob, Path]]:
             doc = json.loads(raw)
         except ValueError as e:
             raise InvalidSpec(f"{args.job_env} is not JSON: {e}", stage="validate") from None
-        return [(parse_job(doc, source=args.job_env), Path.cwd())]
+        job = parse_job(doc, source=args.job_env)
+        if policy.in_cluster():  # the operator's Job: the author is not trusted (lipsync.policy)
+            policy.check(job.spec, policy.ClusterPolicy.from_env(), namespace=job.metadata.namespace)
+        return [(job, Path.cwd())]
     return [(job, f.parent) for f in iter_job_files(args.files) for job in load_jobs(f, only_jobs=True)]
 
 
@@ -58,6 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             result = run_job(job, base_dir=base, force=args.force, bar=fmt == "text" and sys.stderr.isatty())
         except LipSyncError as e:
+            detail = getattr(e, "detail", None)
+            if detail:  # a model program's last lines: the log only, never the result (status, Events)
+                log.event(f"the model program's last output:\n{redact(detail)}", logging.ERROR,
+                          event="model-output-tail", job=job.metadata.name)
             _write_result({"phase": "Failed", "reason": e.reason, "message": str(e), "artifacts": {}})
             first_failure = first_failure or e.exit_code
             continue

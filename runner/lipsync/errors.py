@@ -88,6 +88,12 @@ class ModelTimeout(LipSyncError):
     reason = "ModelTimeout"
 
 
+class NotAllowed(LipSyncError):
+    """The cluster's policy refuses what the spec asks for (a program, an output prefix)."""
+
+    reason = "NotAllowed"
+
+
 class StorageMisconfigured(LipSyncError):
     """The store cannot be used as configured (endpoint, TLS trust, a request it refuses): retrying will not help."""
 
@@ -129,6 +135,7 @@ REASONS: dict[str, Reason] = {
     "ModelTimeout": Reason(22, False, "the model ran past its time limit"),
     "EncodeFailed": Reason(23, False, "ffmpeg failed to encode or mux the output"),
     "StorageMisconfigured": Reason(24, False, "the S3 endpoint, TLS trust or request is wrong"),
+    "NotAllowed": Reason(25, False, "the cluster's policy does not allow what the spec asks for"),
     "StorageUnavailable": Reason(75, True, "storage did not answer; retried"),
     "InternalError": Reason(1, True, "an unexpected error"),
 }

@@ -4,7 +4,16 @@ The contract (docs/models.md): the runner writes the crop clip and a mono WAV, r
 ``{video}``, ``{audio}`` and ``{output}`` replaced by their paths (no shell: a path is one
 argument whatever it holds), and reads back ``{output}``, which must have the crop clip's frame
 count, size and frame rate. Everything the program prints goes to the run log, never to the
-runner's stdout, which is the JSON event stream the operator parses.
+runner's stdout, which is the JSON event stream the operator parses, and never into an error's
+message (which reaches ``status.message``, Events and the termination message): a failure says
+how the program ended and where its output is; the last lines ride along as ``detail``, which only
+the CLI's terminal output shows.
+
+The program is not trusted with the runner's secrets. It runs with a scrubbed environment
+(:func:`program_env`: ``PATH``, locale, ``HOME``/``TMPDIR``, the GPU's variables and the model's
+own; no ``AWS_*``, no ``LIPSYNC_*``), and before it starts the runner marks itself non-dumpable
+(``prctl(PR_SET_DUMPABLE, 0)``), so a program of the same user cannot read the runner's
+credentials from ``/proc/<runner>/environ`` or its memory either.
 
 The program runs in its own process group, so a timeout kills everything it started (a Python
 entry point that forks ffmpeg, say), not just the first process.
@@ -12,8 +21,10 @@ entry point that forks ffmpeg, say), not just the first process.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import sys
 import signal
 import subprocess
 import threading
@@ -34,6 +45,10 @@ PLACEHOLDER = re.compile(r"\{(video|audio|output)\}")  # one pass: a path holdin
 TAIL_LINES = 20  # output lines quoted in a failure: enough for a Python traceback's end
 KILL_GRACE_S = 5.0  # SIGTERM first, so a GPU program can release the device; then SIGKILL
 FPS_TOLERANCE = Fraction(1, 1000)  # writers that store 29.97 for 30000/1001 are right enough
+# What a program inherits from the runner's environment: names, and name prefixes ending in "_".
+PASS_ENV = ("PATH", "HOME", "TMPDIR", "TMP", "TEMP", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME",
+            "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR")
+PASS_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HF_HUB_OFFLINE", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -77,7 +92,7 @@ class CommandModel:
 
     def run_clip(self, job: ClipJob) -> None:
         argv = self.command(job)
-        run_command(argv, cwd=self.workdir(job), env={**os.environ, **self.env}, timeout_s=self.timeout_s,
+        run_command(argv, cwd=self.workdir(job), env=program_env(os.environ, self.env), timeout_s=self.timeout_s,
                     name=self.name)
         if not job.output.is_file() or job.output.stat().st_size == 0:
             raise ModelFailed(f"{self.name} command exited 0 but wrote no {job.output.name} (argv: {argv})",
@@ -85,9 +100,34 @@ class CommandModel:
         check_output(self.name, probe_clip(job.output), job, self.output_fps or job.fps, self.extra_frames)
 
 
+def program_env(env: Mapping[str, str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a model program gets: the harmless part of ``env`` (:data:`PASS_ENV`,
+    :data:`PASS_ENV_PREFIXES`) plus ``extra`` (the model's own settings). Storage credentials,
+    the job document and every other variable stay with the runner."""
+    out = {k: v for k, v in env.items() if k in PASS_ENV or k.startswith(PASS_ENV_PREFIXES)}
+    out.update(extra or {})
+    return out
+
+
+def _undumpable() -> None:
+    """Make this process non-dumpable: /proc/<pid>/environ and /proc/<pid>/mem become unreadable
+    to other processes of the same user (the model program). Linux only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
+    except (OSError, AttributeError):  # pragma: no cover - no prctl
+        pass
+
+
 def run_command(argv: list[str], *, cwd: Path, env: Mapping[str, str], timeout_s: float, name: str) -> None:
-    """Run to completion; ModelTimeout past ``timeout_s``, ModelFailed on a non-zero exit."""
+    """Run to completion; ModelTimeout past ``timeout_s``, ModelFailed on a non-zero exit.
+
+    ``env`` is given as is: callers pass :func:`program_env`. The program's output goes to the
+    run log only; a ModelFailed carries its last lines as ``detail``, never in its message.
+    """
     log.event(f"{name}: running {argv[0]}", event="model-command", argv=argv, cwd=str(cwd))
+    _undumpable()
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -109,8 +149,10 @@ def run_command(argv: list[str], *, cwd: Path, env: Mapping[str, str], timeout_s
     reader.join(timeout=2)
     if code != 0:
         how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        detail = "\n".join(tail) or "(it printed nothing)"
-        raise ModelFailed(f"{name} command {how}; its last output:\n{detail}", stage="model")
+        err = ModelFailed(f"{name} command {how}; its output is in the runner's log, not in this message",
+                          stage="model")
+        err.detail = "\n".join(tail) or "(it printed nothing)"
+        raise err
 
 
 def _log_lines(proc: subprocess.Popen, tail: deque[str], name: str) -> None:

@@ -10,6 +10,7 @@ boxes are kept for the whole clip, never frames.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -213,22 +214,31 @@ def _shots(cuts: list[int], n: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
 
 
-def _fill(detections: dict[int, Box | None], start: int, end: int, bridge: int) -> list[Box | None]:
-    """Per-frame boxes for one shot: linear between detections, misses up to ``bridge`` frames bridged."""
-    keys = sorted(k for k in detections if start <= k < end)
+def _fill(detections: dict[int, Box | None], keys: list[int], start: int, end: int, bridge: int) -> list[Box | None]:
+    """Per-frame boxes for one shot: linear between detections, misses up to ``bridge`` frames bridged.
+
+    Two consecutive hits ``a < b`` are joined when no detection in between found nothing, or when
+    the misses span at most ``bridge`` frames and the two boxes overlap (IoU ≥ 0.3): a blink of
+    the detector, not the face leaving. One walk over the shot's detections: linear in its length.
+    """
     out: list[Box | None] = [None] * (end - start)
-    hits = [k for k in keys if detections[k] is not None]
-    for k in hits:
-        out[k - start] = detections[k]
-    for a, b in zip(hits, hits[1:]):
-        misses = [k for k in keys if a < k < b]
-        ba, bb = detections[a], detections[b]
-        assert ba is not None and bb is not None
-        if misses and (b - a > bridge or ba.iou(bb) < 0.3):
+    last: int | None = None  # the previous hit's frame
+    missed = False  # a detection between ``last`` and now found nothing
+    for k in keys[bisect_left(keys, start):bisect_left(keys, end)]:  # ``keys``: the detected frames, sorted
+        bk = detections[k]
+        if bk is None:
+            missed = True
             continue
-        for k in range(a + 1, b):
-            t = (k - a) / (b - a)
-            out[k - start] = Box(*(u + t * (v - u) for u, v in zip((ba.x, ba.y, ba.w, ba.h), (bb.x, bb.y, bb.w, bb.h))))
+        out[k - start] = bk
+        if last is not None:
+            ba = detections[last]
+            assert ba is not None
+            if not missed or (k - last <= bridge and ba.iou(bk) >= 0.3):
+                a0 = np.array((ba.x, ba.y, ba.w, ba.h))
+                step = (np.array((bk.x, bk.y, bk.w, bk.h)) - a0) / (k - last)
+                for j in range(last + 1, k):
+                    out[j - start] = Box(*(a0 + (j - last) * step).tolist())
+        last, missed = k, False
     return out
 
 
@@ -255,8 +265,9 @@ def build_track(sc: Scan, *, fps: float, padding: float, every: int) -> list[Cro
     """One crop box per frame (None: no face, the frame passes through)."""
     track: list[CropBox | None] = [None] * sc.frames
     window = max(3, int(round(fps * 0.3)) | 1)
+    keys = sorted(sc.detections)
     for start, end in _shots(sc.cuts, sc.frames):
-        boxes = _fill(sc.detections, start, end, bridge=3 * every)
+        boxes = _fill(sc.detections, keys, start, end, bridge=3 * every)
         for a, b in _runs(boxes):
             run = [bx for bx in boxes[a:b] if bx is not None]
             cx = _smooth(np.array([bx.cx for bx in run]), window)
