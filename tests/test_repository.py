@@ -34,14 +34,19 @@ def test_readme_names_the_fast_subset_that_exists() -> None:
 
 
 def test_nothing_reads_beside_the_repository() -> None:
-    # what reaching beside the repository looks like in code (deliberately bad URIs such as
-    # "s3://b/x/../y" in the security tests are data, not paths this suite reads)
-    outside = re.compile(r"""(/work/|parents\[[2-9]\]|\.parent\.parent\.parent|["']shared["']|Path\(["']\.\.)""")
+    # What reaching beside the repository looks like in code: a named outside folder, or a walk up
+    # from __file__ past the repository root. Deliberately bad URIs such as "s3://b/x/../y" in the
+    # security tests are data, not paths this suite reads.
+    named = re.compile(r"""(/work/|["']shared["']|Path\(["']\.\.)""")
+    walk = re.compile(r"__file__\)(?:\.resolve\(\))?((?:\.parent\b|\.parents\[\d+\])+)")
     offenders = []
     for folder in ("tests", "benchmarks"):
         for path in sorted(p for p in (ROOT / folder).rglob("*.py") if p != Path(__file__).resolve()):
+            depth = len(path.relative_to(ROOT).parts)  # parents[depth - 1] is the repository root
             for n, line in enumerate(path.read_text().splitlines(), 1):
-                if outside.search(line):
+                up = [sum(int(k) + 1 if k else 1 for k in re.findall(r"\.parents?(?:\[(\d+)\])?", m.group(1)))
+                      for m in walk.finditer(line)]
+                if named.search(line) or any(u > depth for u in up):
                     offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert offenders == []
     reference = ROOT / "tests" / "data" / "wav2lip-reference"
