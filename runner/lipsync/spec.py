@@ -192,12 +192,20 @@ class OutputSpec(_Model):
         return _check_uri(v, field="spec.output.uri")
 
 
+class RenderSpec(_Model):
+    chunk_seconds: float = Field(
+        10.0, ge=1.0, le=3600.0,
+        description="Length of a render chunk in seconds of output: the unit a preempted render resumes from "
+                    "and that workers and pods render in parallel. Output pixels do not depend on it.")
+
+
 class LipSyncJobSpec(_Model):
     video: str = Field(..., description=f"The talking-head video: {_URI_HELP}.")
     audio: str = Field(..., description=f"The speech to lip-sync to: {_URI_HELP}.")
     model: ModelSpec = Field(default_factory=ModelSpec)
     face: FaceSpec = Field(default_factory=FaceSpec)
     timing: TimingSpec = Field(default_factory=TimingSpec)
+    render: RenderSpec = Field(default_factory=RenderSpec)
     output: OutputSpec
 
     @field_validator("video", "audio")
