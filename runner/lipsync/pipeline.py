@@ -208,6 +208,7 @@ def render_chunked(task: RenderTask, model: FrameModel, options: RunOptions, on_
 
     def chunk_done(c: chunks.Chunk) -> None:
         finished[0] += c.frames
+        log.event(f"chunk {c.index} finished (frames {c.first}-{c.last - 1})", event="chunk-done", chunk=c.index)
         on_progress(finished[0] / total)
 
     if todo and workers <= 1:

@@ -29,6 +29,7 @@ class MissingChunk(Exception):
 def stitch(work: WorkArea, chunks: list[Chunk], fps: Fraction, codec: str, scratch: Path, dest: Path) -> Path:
     """Join ``chunks`` (all finished) into ``dest`` (MP4, video only). Raises MissingChunk for a
     chunk that vanished or does not match its digest, so the caller can render it again."""
+    scratch.mkdir(parents=True, exist_ok=True)
     paths = []
     for chunk in chunks:
         path = work.fetch(chunk, scratch / f"fetched-{chunk.index:05d}.mp4")
