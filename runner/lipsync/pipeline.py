@@ -29,7 +29,7 @@ from .io.fetch import fetch, is_remote, local_path, sha256
 from .io.probe import AudioInfo, VideoInfo, probe_audio, probe_video
 from .io.publish import ARTIFACTS, check_existing, mark_replacing, open_store, publish, refuse_other
 from .metrics import Metrics, StageFigures
-from .models import ClipModel, FrameModel, load_model
+from .models import ClipModel, FrameModel, check_dependencies, load_model
 from .preview import Sheet, pick
 from .spec import LipSyncJob, LipSyncJobSpec
 from .video import crop, overlay, track
@@ -255,6 +255,7 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
     log.event(f"job {name}: {spec.model.name} model", event="start", job=name, output=spec.output.uri)
 
     with stage(metrics, "fetch"):
+        check_dependencies(spec)  # before any download: a runner without torch cannot run wav2lip
         store = open_store(resolve(spec.output.uri, base_dir))
         inputs = fetch_inputs(spec, scratch, base_dir)
         ident = identity(job, inputs.checksums)
