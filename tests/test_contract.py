@@ -24,6 +24,8 @@ from .media import face_and_empty, run_cli
 
 OUT = "s3://lipsync/renders/promo"
 
+pytestmark = pytest.mark.slow  # renders or scores whole clips: `-m "not slow"` skips them
+
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> Path:

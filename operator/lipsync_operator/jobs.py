@@ -225,3 +225,34 @@ def pods_of(pods: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
     """The pods rendering the LipSyncJob ``uid``, oldest first (a list call may return more)."""
     mine = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(UID_LABEL) == uid]
     return sorted(mine, key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "", p["metadata"].get("name", "")))
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """sha256 (hex) of a runner document's spec (canonical JSON): which spec a Job renders."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def job_spec_digest(job: dict[str, Any]) -> str | None:
+    """:func:`spec_digest` of the spec in a Job's ``LIPSYNC_JOB``; None if it has none."""
+    for c in (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []:
+        if c.get("name") != CONTAINER:
+            continue
+        for e in c.get("env") or []:
+            if e.get("name") == "LIPSYNC_JOB" and e.get("value"):
+                try:
+                    spec = json.loads(e["value"]).get("spec")
+                except (ValueError, AttributeError):
+                    return None
+                return spec_digest(spec) if isinstance(spec, dict) else None
+    return None
+
+
+def job_facts_body(job: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a Job its LipSyncJob's status is computed from (kept in the operator's index)."""
+    meta = job.get("metadata") or {}
+    return {
+        "metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
+        "spec": {"suspend": (job.get("spec") or {}).get("suspend")},
+        "status": dict(job.get("status") or {}),
+        "specDigest": job_spec_digest(job),
+    }

@@ -22,6 +22,8 @@ variable                             meaning                        default
 ``LIPSYNC_RUNNER_CPU``               cpu request of the runner      (none)
 ``LIPSYNC_RUNNER_MEMORY``            memory request = limit          (none)
 ``LIPSYNC_PROGRESS_INTERVAL``        seconds between progress polls ``5``
+``LIPSYNC_RESYNC_SECONDS``           seconds between resyncs of     ``30``
+                                     every unfinished LipSyncJob
 ``LIPSYNC_METRICS_PORT``             Prometheus port (0: off)       ``9090``
 ``LIPSYNC_RUNNER_EPHEMERAL_STORAGE`` ephemeral-storage request = limit (none)
                                      of the runner (its scratch,
@@ -82,6 +84,7 @@ class Settings:
     runner_cpu: str | None = None
     runner_memory: str | None = None
     progress_interval: float = 5.0
+    resync_seconds: float = 30.0
     metrics_port: int = 9090
     health_port: int = 8080
     command_policy: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -191,6 +194,7 @@ class Settings:
             runner_cpu=text("LIPSYNC_RUNNER_CPU"),
             runner_memory=text("LIPSYNC_RUNNER_MEMORY"),
             progress_interval=number("LIPSYNC_PROGRESS_INTERVAL", cls.progress_interval, float, minimum=0.1),
+            resync_seconds=number("LIPSYNC_RESYNC_SECONDS", cls.resync_seconds, float, minimum=0.1),
             metrics_port=number("LIPSYNC_METRICS_PORT", cls.metrics_port),
             health_port=number("LIPSYNC_HEALTH_PORT", cls.health_port, minimum=1),
         )

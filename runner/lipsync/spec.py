@@ -256,6 +256,12 @@ class LipSyncJobStatus(_Model):
     reason: str | None = Field(None, description="Why it failed: a reason code such as NoFaceFound or InvalidWeights.")
     message: str | None = Field(None, description="What happened and what to do, for a person.")
     observed_generation: int | None = Field(None, description="The spec generation this status describes.")
+    job_name: str | None = Field(
+        None, description="The batch/v1 Job that renders this LipSyncJob; set once it is created. A LipSyncJob "
+        "gets at most one Job: without it, the outcome comes from the published metrics.json, else JobDeleted.")
+    spec_digest: str | None = Field(
+        None, description="sha256 of the spec the Job renders; a later spec that differs is refused "
+        "(Stalled=True, reason SpecImmutable) until it is reverted.")
     conditions: list[Condition] | None = Field(
         None, description="kstatus conditions Ready, Reconciling and Stalled, as Argo CD and Flux read them.")
 

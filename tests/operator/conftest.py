@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[2]))  # the repository root: tests.k8s_helpers, tests.s3server
 
 from kubesim import OBSERVED, Cluster, namespace_of, rbac_of  # noqa: E402
 
