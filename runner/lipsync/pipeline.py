@@ -36,7 +36,7 @@ from .spec import LipSyncJob, LipSyncJobSpec
 from . import render as render_engine
 from .video import track
 from .video.decode import FrameReader, decode_command
-from .video.remux import remux
+from .video.remux import audio_plan, remux
 from .video.source import source_index
 
 STAGE_WEIGHTS = {"fetch": 2, "track": 15, "render": 78, "remux": 3, "publish": 2}
@@ -303,9 +303,12 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
             batch = getattr(model, "batch_size", 16)
             fig.frames = render(spec, model, timeline, video_info, plan, boxes, video_only, sheet, on_render, batch)
 
-    output = scratch / "output.mp4"
+    carry = audio_plan(audio_info)  # output.mp4, or output.mov where MP4 cannot hold the speech exactly
+    output = scratch / carry.filename
     with stage(metrics, "remux"):
-        remux(video_only, inputs.audio, output, audio_codec=audio_info.codec, duration=plan.trim_audio_to)
+        if carry.note:
+            log.event(carry.note, logging.WARNING, event="audio-carried", job=name, **carry.as_dict())
+        remux(video_only, inputs.audio, output, plan=carry, duration=plan.trim_audio_to)
     progress.update("remux", 1.0)
 
     with stage(metrics, "publish"):
@@ -317,13 +320,15 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
                       "variable_rate": video_info.variable_rate, "rotation": video_info.rotation,
                       "source_frames": plan.n_src},
             "audio": {"codec": audio_info.codec, "sample_rate": audio_info.sample_rate,
-                      "channels": audio_info.channels, "duration_s": round(audio_info.duration, 4)},
+                      "channels": audio_info.channels, "duration_s": round(audio_info.duration, 4),
+                      "sample_format": audio_info.sample_fmt, "duration_from": audio_info.duration_from,
+                      "carried": carry.as_dict()},
             "output": {"frames": plan.n_out, "duration_s": round(plan.n_out / plan.fps, 4)},
             "face_track": {"frames_with_face": with_face, "frames_without_face": plan.n_out - with_face,
                            "detector_calls": sc.detector_calls, "shots": len(sc.cuts),
                            "box_jitter": track.jitter(boxes)},
         })
-        files = {"output.mp4": output}
+        files = {carry.filename: output}
         if sheet.write(scratch / "preview.jpg", plan.fps):
             files["preview.jpg"] = scratch / "preview.jpg"
         if verdict != "absent":  # replacing a render: it must stop looking finished before any file changes
