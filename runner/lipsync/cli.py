@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import log, policy
 from .errors import REASONS, InvalidSpec, LipSyncError
+from .extras import require_torch
 from .redact import redact
 from .spec import LipSyncJob, iter_job_files, load_jobs, parse_job
 
@@ -168,9 +169,10 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """A check of a finished render, apart from `run`: it needs SyncNet weights the user brings."""
-    from .score import score_video
-
     try:
+        require_torch("lipsync score", stage="score")
+        from .score import score_video
+
         result = score_video(Path(args.video), Path(args.weights), audio=Path(args.audio) if args.audio else None)
     except LipSyncError as e:
         print(str(e), file=sys.stderr)

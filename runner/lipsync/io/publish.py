@@ -22,6 +22,7 @@ from .fetch import local_path
 
 ARTIFACTS = {  # name in the output -> (key in status.artifacts, content type)
     "output.mp4": ("video", "video/mp4"),
+    "output.mov": ("video", "video/quicktime"),  # speech MP4 cannot carry exactly (video.remux)
     "preview.jpg": ("preview", "image/jpeg"),
     "run.log": ("log", "text/plain"),
     "metrics.json": ("metrics", "application/json"),
