@@ -210,7 +210,8 @@ class LipSyncJobSpec(_Model):
     model: ModelSpec = Field(default_factory=ModelSpec)
     face: FaceSpec = Field(default_factory=FaceSpec)
     timing: TimingSpec = Field(default_factory=TimingSpec)
-    render: RenderSpec = Field(default_factory=RenderSpec)
+    render: RenderSpec = Field(default_factory=RenderSpec,
+                               description="How the render is cut up: chunk length (resume and parallel work).")
     output: OutputSpec
 
     @field_validator("video", "audio")
