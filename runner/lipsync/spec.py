@@ -31,6 +31,9 @@ API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "LipSyncJob"
 PLURAL = "lipsyncjobs"
 
+# The four artifact URIs (this plus a file name each) and a message must fit the kubelet's 4096-byte
+# termination message, which carries the runner's result to the operator.
+MAX_OUTPUT_URI = 512
 _URI_HELP = "a local path, an https:// URL or an s3://bucket/key URI"
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -122,7 +125,8 @@ class ModelSpec(_Model):
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Model-specific options, validated per model (see the README).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        # maxProperties bounds the CEL rules' cost (the API server refuses unbounded ones).
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "maxProperties": 16},
     )
 
     @field_validator("weights")
@@ -179,7 +183,8 @@ class TimingSpec(_Model):
 
 
 class OutputSpec(_Model):
-    uri: str = Field(..., description="Where artifacts go: a local folder, or an s3://bucket/prefix.")
+    uri: str = Field(..., max_length=MAX_OUTPUT_URI,
+                     description="Where artifacts go: a local folder, or an s3://bucket/prefix (at most 512 characters).")
     video_codec: Literal["libx264", "libx265"] = Field("libx264", description="Encoder for the output video.")
     crf: int = Field(18, ge=0, le=51, description="Constant rate factor: lower is better quality.")
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = Field(
