@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from . import log, policy
@@ -160,6 +161,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lipsync", description="Lip-sync rendering: LipSyncJob YAML in, video out.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="render the jobs in YAML files or folders")
@@ -189,6 +191,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" in a bare checkout."""
+    try:
+        return metadata.version("lipsync-operator")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (Kubernetes evicting or preempting the pod): unwind, clean up, exit 143.
 
@@ -210,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print("lipsync: stopped by SIGTERM: nothing was published", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; the same unwinding as SIGTERM
+        print(f"lipsync {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         signal.signal(signal.SIGTERM, previous)
 

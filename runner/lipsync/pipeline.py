@@ -142,6 +142,12 @@ def make_plan(spec: LipSyncJobSpec, video: VideoInfo, audio: AudioInfo, n_src: i
     return Plan(fps, n_src, n_src, trim)
 
 
+def spec_record(job: LipSyncJob) -> dict:
+    """The spec as metrics.json records it (JSON by alias, without output.overwrite): a later run
+    of the same job that is refused can then say which fields changed."""
+    return job.spec.model_dump(mode="json", by_alias=True, exclude={"output": {"overwrite"}})
+
+
 def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
     spec_json = job.spec.model_dump_json(by_alias=True, exclude={"output": {"overwrite"}})
     return {
@@ -267,7 +273,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
             if verdict == "same-job" and not force:
                 return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
             if verdict == "other-job" and not (force or spec.output.overwrite):
-                raise refuse_other(store, found)
+                raise refuse_other(store, found, ident, spec_record(job))
         video_info = probe_video(video)
         audio_info = probe_audio(audio)
     progress.update("fetch", 1.0)
@@ -287,7 +293,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
             if verdict == "same-job" and not force:
                 return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
             if verdict == "other-job" and not (force or spec.output.overwrite):
-                raise refuse_other(store, found)
+                raise refuse_other(store, found, ident, spec_record(job))
 
     video_only = scratch / "encoded.mp4"
     with stage(metrics, "render") as fig:
@@ -315,6 +321,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
         with_face = sum(boxes[s] is not None for s in order)
         metrics.extra.update({
             "identity": ident,
+            "spec": spec_record(job),
             "model": spec.model.name,
             "video": {"width": video_info.width, "height": video_info.height, "fps": plan.fps,
                       "variable_rate": video_info.variable_rate, "rotation": video_info.rotation,
