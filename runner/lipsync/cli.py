@@ -91,11 +91,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             result = run_job(job, base_dir=base, force=args.force, bar=fmt == "text" and sys.stderr.isatty())
         except LipSyncError as e:
+            # The result first: with it written, the kubelet never falls back to the log's tail
+            # (FallbackToLogsOnError) for the termination message, and the log below may hold a
+            # model program's last lines (the log only, never the result: status, Events).
+            _write_result({"phase": "Failed", "reason": e.reason, "message": str(e), "artifacts": {}})
             detail = getattr(e, "detail", None)
-            if detail:  # a model program's last lines: the log only, never the result (status, Events)
+            if detail:
                 log.event(f"the model program's last output:\n{redact(detail)}", logging.ERROR,
                           event="model-output-tail", job=job.metadata.name)
-            _write_result({"phase": "Failed", "reason": e.reason, "message": str(e), "artifacts": {}})
             first_failure = first_failure or e.exit_code
             continue
         verb = "unchanged" if result.status == "unchanged" else "done"
