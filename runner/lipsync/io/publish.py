@@ -96,6 +96,15 @@ def check_existing(store: Store, identity: dict) -> tuple[Verdict, dict | None]:
         return "same-job", found
     if found.get("replacing_with") == identity:  # this job's own replacement, interrupted: finish it
         return "absent", None
+    owner = found.get("identity") or found.get("replacing_with") or {}
+    mine = identity.get("namespace")
+    theirs = owner.get("namespace") if isinstance(owner, dict) else None
+    if mine and theirs and theirs != mine:
+        # Another namespace's render: no field of this job (output.overwrite included) replaces it.
+        raise OutputExists(
+            f"{store.uri} holds a render of job {owner.get('job')!r} in namespace {theirs!r}: a job in namespace "
+            f"{mine!r} never replaces it, whatever spec.output.overwrite says; choose another spec.output.uri",
+            stage="fetch")
     return "other-job", found
 
 
