@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import log
-from .audio import load_mono
+from .audio import frame_envelope, load_mono
 from .clip import render_clip
 from .errors import InvalidMedia, LipSyncError, NoFaceFound
 from .io.fetch import fetch, is_remote, local_path, sha256
@@ -298,8 +298,9 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
     video_only = scratch / "encoded.mp4"
     with stage(metrics, "render") as fig:
         timeline = render_engine.timeline_for(inputs.video, video_info, plan.n_src)
-        sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
         speech = load_mono(inputs.audio, model.audio_rate)
+        loudness = frame_envelope(speech, model.audio_rate, plan.fps, plan.n_out) if spec.output.preview else None
+        sheet = Sheet(pick(boxes, order, energy=loudness) if spec.output.preview else [])
         on_render = lambda f: progress.update("render", f)  # noqa: E731
         if isinstance(model, ClipModel):
             fig.frames = render_clip(spec, model, timeline, video_info, plan.n_out, boxes, speech, scratch / "clip",
