@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from . import log, policy
@@ -96,11 +97,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = run_job(job, base_dir=base, force=args.force, bar=fmt == "text" and sys.stderr.isatty(),
                              options=options)
         except LipSyncError as e:
+            # The result first: with it written, the kubelet never falls back to the log's tail
+            # (FallbackToLogsOnError) for the termination message, and the log below may hold a
+            # model program's last lines (the log only, never the result: status, Events).
+            _write_result({"phase": "Failed", "reason": e.reason, "message": str(e), "artifacts": {}})
             detail = getattr(e, "detail", None)
-            if detail:  # a model program's last lines: the log only, never the result (status, Events)
+            if detail:
                 log.event(f"the model program's last output:\n{redact(detail)}", logging.ERROR,
                           event="model-output-tail", job=job.metadata.name)
-            _write_result({"phase": "Failed", "reason": e.reason, "message": str(e), "artifacts": {}})
             first_failure = first_failure or e.exit_code
             continue
         verb = {"unchanged": "unchanged", "partial": "chunks rendered"}.get(result.status, "done")
@@ -187,6 +191,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lipsync", description="Lip-sync rendering: LipSyncJob YAML in, video out.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="render the jobs in YAML files or folders")
@@ -221,6 +226,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" in a bare checkout."""
+    try:
+        return metadata.version("lipsync-operator")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (Kubernetes evicting or preempting the pod): unwind, clean up, exit 143.
 
@@ -242,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print("lipsync: stopped by SIGTERM: nothing was published", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; the same unwinding as SIGTERM
+        print(f"lipsync {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import log
-from .audio import load_mono
+from .audio import frame_envelope, load_mono
 from .clip import render_clip
 from .errors import InvalidMedia, LipSyncError, NoFaceFound
 from .io.fetch import fetch, is_remote, local_path, sha256
@@ -146,6 +146,12 @@ def make_plan(spec: LipSyncJobSpec, video: VideoInfo, audio: AudioInfo, n_src: i
     return Plan(fps, n_src, n_src, trim)
 
 
+def spec_record(job: LipSyncJob) -> dict:
+    """The spec as metrics.json records it (JSON by alias, without output.overwrite): a later run
+    of the same job that is refused can then say which fields changed."""
+    return job.spec.model_dump(mode="json", by_alias=True, exclude={"output": {"overwrite"}})
+
+
 def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
     # what the output depends on: not whether it may overwrite, not how the render is cut up
     spec_json = job.spec.model_dump_json(by_alias=True, exclude={"output": {"overwrite"}, "render": True})
@@ -194,7 +200,7 @@ class RunOptions:
 
 
 def render_chunked(task: RenderTask, model: FrameModel, options: RunOptions, on_progress: Callable[[float], None],
-                   sheet: Sheet) -> tuple[int, dict]:
+                   sheet: Sheet, speech: np.ndarray | None = None) -> tuple[int, dict]:
     """Render the chunks of ``task`` not yet finished in its work area (this run's share of them);
     returns (frames rendered, figures for metrics.json)."""
     every = chunks.plan_chunks(task.n_out, float(task.fps), task.spec.render.chunk_seconds)
@@ -212,7 +218,7 @@ def render_chunked(task: RenderTask, model: FrameModel, options: RunOptions, on_
         on_progress(finished[0] / total)
 
     if todo and workers <= 1:
-        render_chunks(task, todo, prepared_model(task, model), on_frames=lambda n: on_progress((finished[0] + n) / total),
+        render_chunks(task, todo, prepared_model(task, model, speech), on_frames=lambda n: on_progress((finished[0] + n) / total),
                       on_chunk=chunk_done, sheet=sheet)
     elif todo:
         shares = [todo[k * len(todo) // workers:(k + 1) * len(todo) // workers] for k in range(workers)]
@@ -318,7 +324,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
             if verdict == "same-job" and not force:
                 return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
             if verdict == "other-job" and not (force or spec.output.overwrite):
-                raise refuse_other(store, found)
+                raise refuse_other(store, found, ident, spec_record(job))
         video_info = probe_video(video)
         audio_info = probe_audio(audio)
     progress.update("fetch", 1.0)
@@ -338,15 +344,16 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
             if verdict == "same-job" and not force:
                 return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
             if verdict == "other-job" and not (force or spec.output.overwrite):
-                raise refuse_other(store, found)
+                raise refuse_other(store, found, ident, spec_record(job))
 
     video_only = scratch / "encoded.mp4"
     timeline = render_engine.timeline_for(inputs.video, video_info, plan.n_src)
-    sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
+    speech = load_mono(inputs.audio, model.audio_rate)
+    loudness = frame_envelope(speech, model.audio_rate, plan.fps, plan.n_out) if spec.output.preview else None
+    sheet = Sheet(pick(boxes, order, energy=loudness) if spec.output.preview else [])
     on_render = lambda f: progress.update("render", f)  # noqa: E731
     if isinstance(model, ClipModel):
         with stage(metrics, "render") as fig:
-            speech = load_mono(inputs.audio, model.audio_rate)
             fig.frames = render_clip(spec, model, timeline, video_info, plan.n_out, boxes, speech, scratch / "clip",
                                      video_only, sheet, on_render)
     else:
@@ -355,7 +362,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
                           scratch / "chunks")
         task = replace(task, work_uri=f"{store.uri.rstrip('/')}/.work-{task.work_key}")
         with stage(metrics, "render") as fig:
-            fig.frames, stats = render_chunked(task, model, options, on_render, sheet)
+            fig.frames, stats = render_chunked(task, model, options, on_render, sheet, speech)
             metrics.extra["chunks"] = stats
         if options.shard is not None:  # this pod's share is rendered; the stitch step publishes
             return Result("partial", {}, metrics.as_dict())
@@ -379,6 +386,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
         with_face = sum(boxes[s] is not None for s in order)
         metrics.extra.update({
             "identity": ident,
+            "spec": spec_record(job),
             "model": spec.model.name,
             "video": {"width": video_info.width, "height": video_info.height, "fps": plan.fps,
                       "variable_rate": video_info.variable_rate, "rotation": video_info.rotation,

@@ -7,6 +7,7 @@ as Kubernetes resources are; unknown fields are errors that name the field.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
@@ -321,11 +322,25 @@ def iter_job_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield p
 
 
+def meant_as_job(doc: dict) -> bool:
+    """Whether a document of another kind was meant as a LipSyncJob: its apiVersion is this API's
+    group, or its kind is ``LipSyncJob`` misspelt (other case, a letter or two off). Such a document
+    is an error (naming the file), never silently skipped."""
+    api = doc.get("apiVersion")
+    if isinstance(api, str) and api.split("/", 1)[0] == API_GROUP:
+        return True
+    kind = doc.get("kind")
+    if not isinstance(kind, str):
+        return False
+    return kind.lower() == KIND.lower() or difflib.SequenceMatcher(None, kind.lower(), KIND.lower()).ratio() >= 0.8
+
+
 def load_jobs(path: str | Path, *, only_jobs: bool = False) -> list[LipSyncJob]:
     """All LipSyncJobs in a (multi-document) YAML file.
 
     With ``only_jobs``, documents of other kinds (an Argo CD Application beside the jobs) are
-    skipped; otherwise they are errors.
+    skipped, unless they look meant as a LipSyncJob (``meant_as_job``: a misspelt kind); otherwise
+    they are errors. Raises InvalidSpec naming the file (and document) and the field.
     """
     path = Path(path)
     try:
@@ -339,7 +354,7 @@ def load_jobs(path: str | Path, *, only_jobs: bool = False) -> list[LipSyncJob]:
     jobs = []
     for i, doc in enumerate(docs):
         src = f"{path}" + (f" (document {i + 1})" if len(docs) > 1 else "")
-        if only_jobs and isinstance(doc, dict) and doc.get("kind") != KIND:
+        if only_jobs and isinstance(doc, dict) and doc.get("kind") != KIND and not meant_as_job(doc):
             continue
         jobs.append(parse_job(doc, source=src))
     return jobs

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
+
 from ..audio import load_mono
 from ..io.probe import VideoInfo
 from ..io.publish import open_store
@@ -42,12 +44,15 @@ class RenderTask:
         return WorkArea(open_store(self.work_uri), self.work_key)
 
 
-def prepared_model(task: RenderTask, model: FrameModel | None = None) -> FrameModel:
-    """The task's model, loaded unless given, with the speech prepared for every output frame."""
+def prepared_model(task: RenderTask, model: FrameModel | None = None, speech: np.ndarray | None = None) -> FrameModel:
+    """The task's model, loaded unless given, with the speech (mono at the model's rate; decoded
+    unless given) prepared for every output frame."""
     if model is None:
         model = load_model(task.spec, task.weights)  # type: ignore[assignment]
     assert model is not None
-    model.prepare(load_mono(task.audio, model.audio_rate), float(task.fps), task.n_out)
+    if speech is None:
+        speech = load_mono(task.audio, model.audio_rate)
+    model.prepare(speech, float(task.fps), task.n_out)
     return model
 
 
