@@ -125,8 +125,8 @@ class ModelSpec(_Model):
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Model-specific options, validated per model (see the README).",
-        # maxProperties bounds the CEL rules' cost (the API server refuses unbounded ones).
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "maxProperties": 16},
+        # The CRD types it as the union of every model's options (lipsync.crd); here, per model.
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
     @field_validator("weights")
