@@ -8,6 +8,8 @@ It assumes the face fills the middle of the padded crop, as the face track makes
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -15,6 +17,21 @@ from ..audio import frame_envelope
 from ..spec import BaselineOptions
 
 CROP_SIZE = 256
+
+
+@functools.lru_cache(maxsize=8)
+def _jaw_field(size: int, padding: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sampling grid (xs, ys) and how far each pixel moves with the jaw (0-1), per crop size:
+    the same for every frame, so computed once."""
+    face = size / (1 + 2 * padding)
+    top = (size - face) / 2
+    cx, mouth_y = size / 2, top + 0.80 * face
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    across = np.exp(-(((xs - cx) / (0.22 * face)) ** 2))
+    below = np.clip((ys - mouth_y) / (0.04 * face), 0.0, 1.0) * np.exp(-(((ys - mouth_y) / (0.30 * face)) ** 2))
+    for a in (xs, ys):
+        a.flags.writeable = False
+    return xs, ys, (across * below).astype(np.float32)
 
 
 class BaselineModel:
@@ -49,10 +66,8 @@ class BaselineModel:
         top = (size - face) / 2
         cx, mouth_y = size / 2, top + 0.80 * face
         drop = amount * 0.10 * face  # how far the lower lip and jaw move down, in pixels
-        ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-        across = np.exp(-(((xs - cx) / (0.22 * face)) ** 2))
-        below = np.clip((ys - mouth_y) / (0.04 * face), 0.0, 1.0) * np.exp(-(((ys - mouth_y) / (0.30 * face)) ** 2))
-        warped = cv2.remap(crop, xs, ys - drop * across * below, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        xs, ys, shape = _jaw_field(size, self.padding)
+        warped = cv2.remap(crop, xs, ys - drop * shape, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         cavity = np.zeros((size, size), np.float32)
         centre = (int(round(cx)), int(round(mouth_y + drop / 2)))
         axes = (max(1, int(round(0.13 * face))), max(1, int(round(drop / 2 + 0.01 * face))))
