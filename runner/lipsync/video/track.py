@@ -14,16 +14,19 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..errors import InvalidWeights
 from ..spec import FaceSpec
+from . import faces
+from .faces import Face, grey
 
-ANALYSIS_SIDE = 640  # the longer side of the frames the face detector sees
+ANALYSIS_SIDE = 1280  # the longer side of the frames the face detector sees (a 4 % face: 51 px)
+MIN_FACE = 0.015  # the smallest face searched for, as a fraction of the analysis frame's longer side
 CUT_THRESHOLD = 30.0  # mean absolute difference of 64x36 grey thumbnails, 0-255
-CONFIDENT = 3.0  # the face cascade's level weight above which a box stands without eyes found
-_CASCADES: dict[str, cv2.CascadeClassifier] = {}
 
 
 @dataclass(frozen=True)
@@ -75,77 +78,24 @@ def analysis_size(width: int, height: int) -> tuple[tuple[int, int], float]:
     return (w, h), width / w
 
 
-CASCADES = {  # spec.face.detector -> OpenCV's cascade file (shipped in opencv-python-headless 4.x)
-    "haar": "haarcascade_frontalface_default.xml",  # the fastest
-    "haar-alt2": "haarcascade_frontalface_alt2.xml",  # fewer false faces, tighter boxes, a little slower
-}
+def _box(f: Face, scale: float) -> Box:
+    return Box(f.x * scale, f.y * scale, f.w * scale, f.h * scale)
 
 
-def _cascade(name: str) -> cv2.CascadeClassifier:
-    if name not in _CASCADES:
-        _CASCADES[name] = cv2.CascadeClassifier(cv2.data.haarcascades + name)
-    return _CASCADES[name]
+def detect_faces(gray: np.ndarray, scale: float, detector: str = "haar", weights: Path | None = None) -> list[Box]:
+    """Faces in an analysis frame (grey (H, W) or BGR), in full-resolution pixels (``scale`` = full / small)."""
+    g = grey(gray)
+    min_side = int(MIN_FACE * max(g.shape[:2]))
+    return [_box(f, scale) for f in faces.detector(detector, weights).detect(g, min_side)]
 
 
-def _eyes(gray: np.ndarray, x: int, y: int, w: int, h: int) -> int:
-    """How many eyes the eye cascade sees in the upper part of a face box (enlarged to 120 px)."""
-    roi = gray[max(0, y):y + int(0.6 * h), max(0, x):x + w]
-    if roi.size == 0:
-        return 0
-    roi = cv2.resize(roi, (120, max(1, int(120 * roi.shape[0] / roi.shape[1]))))
-    return len(_cascade("haarcascade_eye.xml").detectMultiScale(roi, scaleFactor=1.1, minNeighbors=3, minSize=(12, 12)))
-
-
-def _faces(gray: np.ndarray, offset: tuple[int, int], scale: float, detector: str, **kw: object) -> list[Box]:
-    """Verified face boxes in ``gray`` (a frame or a window of one at ``offset``), full-res pixels.
-
-    The face cascade alone also fires on face-like texture (collars, patterned clothes), and such a
-    box can be larger than the real face. Faces are kept when the eye cascade finds both eyes in
-    them; if none qualifies, the boxes the cascade itself is confident of are kept.
-    """
-    eq = cv2.equalizeHist(gray)
-    boxes, _, weights = _cascade(CASCADES[detector]).detectMultiScale3(eq, scaleFactor=1.1, minNeighbors=5, outputRejectLevels=True, **kw)
-    found = list(zip((tuple(int(v) for v in b) for b in boxes), (float(w) for w in weights)))
-    kept = [b for b, _ in found if _eyes(eq, *b) >= 2]
-    if not kept:  # eyes too small or hidden (glasses, light): the cascade's confident boxes stand
-        kept = [b for b, weight in found if weight >= CONFIDENT]
-    ox, oy = offset
-    return [Box((x + ox) * scale, (y + oy) * scale, w * scale, h * scale) for (x, y, w, h) in kept]
-
-
-def detect_faces(gray: np.ndarray, scale: float, detector: str = "haar") -> list[Box]:
-    """Faces in a small grey frame, in full-resolution pixels (``scale`` = full / small)."""
-    min_side = max(24, int(min(gray.shape) * 0.06))
-    return _faces(gray, (0, 0), scale, detector, minSize=(min_side, min_side))
-
-
-def detect_near(gray: np.ndarray, scale: float, near: Box, detector: str = "haar") -> list[Box]:
-    """Faces of about ``near``'s size in a window around it (full-resolution pixels in and out).
-
-    Tracking a face from one detection to the next needs no full-frame search: the window and
-    the narrow range of sizes make this several times cheaper than ``detect_faces``.
-    """
-    side = max(near.w, near.h) / scale
-    h, w = gray.shape
-    x0, y0 = int(max(0, near.x / scale - side)), int(max(0, near.y / scale - side))
-    x1, y1 = int(min(w, (near.x + near.w) / scale + side)), int(min(h, (near.y + near.h) / scale + side))
-    lo, hi = max(12, int(0.6 * side)), int(1.7 * side) + 1
-    if x1 - x0 < lo or y1 - y0 < lo:
-        return []
-    return _faces(gray[y0:y1, x0:x1], (x0, y0), scale, detector, minSize=(lo, lo), maxSize=(hi, hi))
-
-
-def select_face(faces: list[Box], face: FaceSpec, previous: Box | None) -> Box | None:
-    """The face to sync: the one continuing the previous box if any, else by the spec's rule."""
-    if not faces:
+def select_face(found: list[Box], face: FaceSpec) -> Box | None:
+    """The face the spec's rule picks among ``found``: the largest, or the index-th from the left."""
+    if not found:
         return None
-    if previous is not None:
-        best = max(faces, key=previous.iou)
-        if previous.iou(best) > 0.2:
-            return best
     if face.select == "largest":
-        return max(faces, key=lambda b: b.w * b.h)
-    ordered = sorted(faces, key=lambda b: b.cx)
+        return max(found, key=lambda b: b.w * b.h)
+    ordered = sorted(found, key=lambda b: b.cx)
     return ordered[face.index] if face.index < len(ordered) else None
 
 
@@ -153,8 +103,30 @@ def _thumb(gray: np.ndarray) -> np.ndarray:
     return cv2.resize(gray, (64, 36), interpolation=cv2.INTER_AREA).astype(np.int16)
 
 
-def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec) -> Scan:
-    """One pass over small BGR analysis frames."""
+SAME_PERSON = 0.5  # appearance similarity (see faces.appearance) from which a face is the selected person
+
+
+def face_weights(face: FaceSpec) -> Path | None:
+    """``spec.face.weights`` as a local file, when it is one (fetched URIs are handed to ``scan``)."""
+    if face.weights is None:
+        return None
+    if "://" in face.weights:
+        raise InvalidWeights(f"spec.face.weights {face.weights!r} must be fetched before the track runs; "
+                             "this runner reads the detector's weights from a local path only", stage="track")
+    return Path(face.weights.removeprefix("file:"))
+
+
+def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Path | None = None) -> Scan:
+    """One pass over analysis frames: grey uint8 (H, W) or BGR (H, W, 3), ``scale`` = full / analysis.
+
+    Who is followed (``spec.face.select``): the rule (largest, or the index-th from the left)
+    picks a person the first time faces are found; from then on that person is followed, by
+    position from one detection to the next, and by appearance when re-found after leaving the
+    frame, behind an occlusion or after a scene cut. Frames where only other people are visible
+    get no box (they pass through untouched). ``weights``: the detector's weights file (YuNet),
+    when ``spec.face.weights`` was fetched; else a local ``spec.face.weights`` is read.
+    """
+    det = faces.detector(face.detector, weights if weights is not None else face_weights(face))
     every = face.detect_every
     detections: dict[int, Box | None] = {}
     cuts: list[int] = []
@@ -162,36 +134,56 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec) -> Scan:
     buffer: deque[tuple[int, np.ndarray]] = deque(maxlen=every)
     prev_thumb: np.ndarray | None = None
     last_key: int | None = None
-    previous: Box | None = None
+    previous: Face | None = None  # the selected face where last seen in this shot (analysis pixels)
+    lost = True  # the last detection did not find the selected face (or a new shot began)
+    look: np.ndarray | None = None  # the selected person's appearance, once chosen
 
     def detect(i: int, gray: np.ndarray) -> Box | None:
-        nonlocal calls, previous
+        nonlocal calls, previous, lost, look
         calls += 1
-        # Near the last face: only a box that continues it; anything else needs the whole frame,
-        # where the selection rule (largest, index from the left) sees every face.
-        near = detect_near(gray, scale, previous, face.detector) if previous is not None else []
-        faces = [f for f in near if previous is not None and f.iou(previous) > 0.2]
-        box = select_face(faces or detect_faces(gray, scale, face.detector), face, previous)
+        chosen: Face | None = None
+        if previous is not None:  # near the last face: only a box that continues it
+            p = previous
+            near = [f for f in det.detect_near(gray, (p.x, p.y, p.w, p.h)) if faces.iou(f, p) > 0.2]
+            chosen = max(near, key=lambda f: faces.iou(f, p), default=None)
+            if chosen is not None and lost and not _same(gray, chosen, look):
+                chosen = None  # someone else stepped into the place where the person left
+        if chosen is None:  # the whole frame: the person anywhere, or the rule's first choice
+            found = det.detect(gray, int(MIN_FACE * max(gray.shape[:2])))
+            if look is None:
+                pick = select_face([_box(f, 1.0) for f in found], face)
+                chosen = next((f for f in found if pick is not None and _box(f, 1.0) == pick), None)
+            else:
+                scored = [(float(d @ look), f) for f in found if (d := faces.appearance(gray, f.x, f.y, f.w, f.h)) is not None]
+                chosen = max((sf for sf in scored if sf[0] >= SAME_PERSON), key=lambda sf: sf[0], default=(0.0, None))[1]
+        if chosen is not None:
+            d = faces.appearance(gray, chosen.x, chosen.y, chosen.w, chosen.h)
+            if d is not None:
+                look = d if look is None else _unit(0.8 * look + 0.2 * d)
+            previous = chosen
+        lost = chosen is None
+        box = None if chosen is None else _box(chosen, scale)
         detections[i] = box
-        previous = box if box is not None else previous
         return box
 
     def keyframe(i: int, gray: np.ndarray) -> None:
         """Detect at ``i``; where the answer changed since the last keyframe (the face came or
         went in between), detect on every frame in between to find the change exactly."""
-        nonlocal last_key
+        nonlocal last_key, previous, lost
         before = detections.get(last_key) if last_key is not None else None
         now = detect(i, gray)
         if last_key is not None and (before is None) != (now is None):
+            state = previous, lost
             for j, g in buffer:
                 if last_key < j < i:
                     detect(j, g)
+            previous, lost = state  # the next detection continues from frame i, not from the frames before it
         last_key = i
 
     n = 0
     for i, frame in enumerate(frames):
         n = i + 1
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        gray = grey(frame)
         thumb = _thumb(gray)
         is_cut = prev_thumb is None or float(np.abs(thumb - prev_thumb).mean()) > CUT_THRESHOLD
         prev_thumb = thumb
@@ -199,7 +191,7 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec) -> Scan:
             if buffer and buffer[-1][0] != last_key:
                 keyframe(*buffer[-1])  # the old shot's last frame anchors its tail
             cuts.append(i)
-            previous, last_key = None, None
+            previous, last_key, lost = None, None, True
             buffer.clear()
         if is_cut or i % every == 0:
             keyframe(i, gray)
@@ -207,6 +199,15 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec) -> Scan:
     if buffer and buffer[-1][0] != last_key:
         keyframe(*buffer[-1])  # the last frame anchors the tail
     return Scan(n, detections, cuts or [0], calls)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(1e-9, float(np.linalg.norm(v)))
+
+
+def _same(gray: np.ndarray, f: Face, look: np.ndarray | None) -> bool:
+    d = faces.appearance(gray, f.x, f.y, f.w, f.h)
+    return look is None or d is None or float(d @ look) >= SAME_PERSON
 
 
 def _shots(cuts: list[int], n: int) -> list[tuple[int, int]]:
