@@ -119,10 +119,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 RUNNER = Path(__file__).resolve().parents[1] / "runner"
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The real `lipsync` CLI in a fresh process, as a user or a pod runs it."""
     return subprocess.run([sys.executable, "-m", "lipsync.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(RUNNER), **(env or {})}, timeout=timeout)
+                          env={**os.environ, "PYTHONPATH": str(RUNNER), **(env or {})}, timeout=timeout, cwd=cwd)
 
 
 def peak_rss(folder: Path, seconds: float, audio: Path, **spec) -> float:

@@ -24,7 +24,9 @@ OPERATOR_ENV = {
     "LIPSYNC_PRIORITY_CLASS", "LIPSYNC_S3_SECRET", "LIPSYNC_S3_ENDPOINT",
     "LIPSYNC_ACTIVE_DEADLINE_SECONDS", "LIPSYNC_TTL_SECONDS_AFTER_FINISHED", "LIPSYNC_BACKOFF_LIMIT",
     "LIPSYNC_RUNNER_CPU", "LIPSYNC_RUNNER_MEMORY", "LIPSYNC_PROGRESS_INTERVAL", "LIPSYNC_METRICS_PORT",
-    "LIPSYNC_HEALTH_PORT", "LIPSYNC_COMMAND_POLICY",
+    "LIPSYNC_HEALTH_PORT", "LIPSYNC_COMMAND_POLICY", "LIPSYNC_JOB_NAMESPACES",
+    "LIPSYNC_RUNNER_EPHEMERAL_STORAGE", "LIPSYNC_SCRATCH_SIZE_LIMIT", "LIPSYNC_MAX_INPUT_BYTES",
+    "LIPSYNC_MAX_WEIGHTS_BYTES", "LIPSYNC_DOWNLOAD_DEADLINE_SECONDS",
 }
 
 CUSTOM_VALUES: dict[str, Any] = {
@@ -234,40 +236,60 @@ def test_runner_service_account_has_no_api_access():
             assert runner_sa not in [s["name"] for s in binding["subjects"]]
 
 
-def _rendered_rules() -> list[dict[str, Any]]:
-    docs = render()
-    (role,) = by_kind(docs, "ClusterRole")
-    (binding,) = by_kind(docs, "ClusterRoleBinding")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    (subject,) = binding["subjects"]
+def _rendered_roles(values: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """namespace → the rules the operator's ServiceAccount is bound to there (Roles only)."""
+    docs = render(values)
     (deploy,) = by_kind(docs, "Deployment")
-    assert subject["name"] == deploy["spec"]["template"]["spec"]["serviceAccountName"]
-    assert subject["namespace"] == NAMESPACE
-    return role["rules"]
+    sa = deploy["spec"]["template"]["spec"]["serviceAccountName"]
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in by_kind(docs, "Role")}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for binding in by_kind(docs, "RoleBinding"):
+        ns = binding["metadata"]["namespace"]
+        assert binding["roleRef"]["kind"] == "Role"
+        (subject,) = binding["subjects"]
+        assert (subject["kind"], subject["name"], subject["namespace"]) == ("ServiceAccount", sa, NAMESPACE)
+        out[ns] = roles[ns, binding["roleRef"]["name"]]["rules"]
+    return out
+
+
+def test_rbac_is_namespaced_to_the_job_namespaces():
+    """Nothing cluster-wide; a Role in each job namespace, and the operator watches exactly those."""
+    for values in ({}, CUSTOM_VALUES):
+        docs = render(values)
+        assert by_kind(docs, "ClusterRole") == [] and by_kind(docs, "ClusterRoleBinding") == []
+        expected = values.get("runner", {}).get("jobNamespaces") or [NAMESPACE]
+        assert sorted(_rendered_roles(values)) == sorted(expected)
+        env = env_of(docs)
+        assert env["LIPSYNC_JOB_NAMESPACES"].split(",") == expected
+        from lipsync_operator.main import kopf_args
+        from lipsync_operator.settings import Settings
+
+        args = kopf_args(settings=Settings.from_env(env))
+        assert [a for a in args if a.startswith("--namespace")] == [f"--namespace={ns}" for ns in expected]
+        assert "--all-namespaces" not in args
 
 
 def test_rbac_is_least_privilege():
-    rules = _rendered_rules()
-    for rule in rules:
-        for key in ("apiGroups", "resources", "verbs"):
-            assert "*" not in rule[key], rule
-        assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"]), rule
-        assert not {"secrets", "configmaps", "serviceaccounts", "roles", "rolebindings",
-                    "clusterroles", "clusterrolebindings"} & set(rule["resources"]), rule
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
-    verbs = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
-    assert verbs[("lipsync.dev", "lipsyncjobs/status")] == {"patch"}
-    assert "update" not in verbs[("lipsync.dev", "lipsyncjobs")]  # spec is the user's
-    assert ("", "pods/exec") not in verbs
+    for rules in _rendered_roles(CUSTOM_VALUES).values():
+        for rule in rules:
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], rule
+            assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"]), rule
+            assert not {"secrets", "configmaps", "serviceaccounts", "roles", "rolebindings",
+                        "clusterroles", "clusterrolebindings"} & set(rule["resources"]), rule
+            assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        verbs = {(g, r): set(rule["verbs"]) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]}
+        assert verbs[("lipsync.dev", "lipsyncjobs/status")] == {"patch"}
+        assert "update" not in verbs[("lipsync.dev", "lipsyncjobs")]  # spec is the user's
+        assert ("", "pods/exec") not in verbs
 
 
 def test_rbac_equals_the_operators_declared_list():
-    try:
-        from lipsync_operator.permissions import RULES
-    except ImportError as e:
-        pytest.skip(f"lipsync_operator.permissions is not on this branch yet ({e}); the chart's rules "
-                    "in templates/_helpers.tpl (lipsync-operator.rules) follow the operator branch's list")
-    assert _rendered_rules() == RULES
+    from lipsync_operator.permissions import CLUSTER_RULES, RULES
+
+    assert CLUSTER_RULES == []
+    for rules in _rendered_roles(CUSTOM_VALUES).values():
+        assert rules == RULES
 
 
 def test_service_and_service_monitor():
@@ -337,3 +359,28 @@ def test_health_port_reaches_the_operator():
     assert port == 8081 and c["livenessProbe"]["httpGet"]["port"] in ("health", 8081)
     settings = Settings.from_env(env_of(docs))
     assert f"--liveness=http://0.0.0.0:{port}/healthz" in kopf_args(settings=settings)
+
+
+def test_runner_pods_have_storage_limits_and_a_read_only_root():
+    """The chart's values, through the operator's settings, into the Job it makes."""
+    from lipsync.spec import parse_job
+    from lipsync_operator.jobs import job_manifest
+    from lipsync_operator.settings import Settings
+
+    settings = Settings.from_env(env_of(render({"runner": {"downloads": {"deadlineSeconds": 600}}})))
+    job = parse_job({"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
+                     "metadata": {"name": "x", "namespace": NAMESPACE, "uid": "u-1"},
+                     "spec": {"video": "s3://media/v.mp4", "audio": "s3://media/a.wav", "output": {"uri": "s3://media/out"}}})
+    manifest = job_manifest(job, settings)
+    k8s_validate(manifest)
+    pod = manifest["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["resources"]["requests"]["ephemeral-storage"] == c["resources"]["limits"]["ephemeral-storage"] == "64Gi"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    (vol,) = pod["volumes"]
+    assert vol["emptyDir"] == {"sizeLimit": "60Gi"}
+    assert [m["mountPath"] for m in c["volumeMounts"]] == ["/tmp"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["LIPSYNC_MAX_INPUT_BYTES"] == env["LIPSYNC_MAX_WEIGHTS_BYTES"] == str(20 * 1024**3)
+    assert env["LIPSYNC_DOWNLOAD_DEADLINE_SECONDS"] == "600"
+    assert env["TMPDIR"] == env["HOME"] == "/tmp"

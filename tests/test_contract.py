@@ -1,8 +1,9 @@
 """The contract between the operator and the runner, exercised across both for real.
 
 The operator's Job manifest is taken as the cluster would run it: the container's args and env
-are executed with the real `lipsync` CLI; what the runner leaves behind (exit code, termination
-message, JSON progress lines) is then read back through the operator's own status functions.
+are executed with the real `lipsync` CLI against the S3 test server (in-cluster specs take remote
+URIs only); what the runner leaves behind (exit code, termination message, JSON progress lines)
+is then read back through the operator's own status functions.
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ from pathlib import Path
 import pytest
 
 from lipsync.errors import REASONS
+from lipsync.io import s3
 from lipsync.spec import parse_job
 from lipsync_operator import jobs, status
 from lipsync_operator.settings import Settings
 
+from . import s3server
 from .media import face_and_empty, run_cli
+
+OUT = "s3://lipsync/renders/promo"
+
+pytestmark = pytest.mark.slow  # renders or scores whole clips: `-m "not slow"` skips them
 
 
 @pytest.fixture(scope="module")
@@ -25,22 +32,57 @@ def media(tmp_path_factory) -> Path:
     return face_and_empty(tmp_path_factory.mktemp("contract"), text="Hello operator.")
 
 
-def cluster_job(tmp_path: Path, video: Path, audio: Path) -> dict:
+@pytest.fixture
+def bucket(media, tmp_path, monkeypatch) -> str:
+    """The S3 test server holding the media under s3://lipsync/inputs/; its env is the pod's envFrom."""
+    for _ in s3server.running(tmp_path, monkeypatch):
+        client = s3.client_from_env()
+        for name in ("face.mp4", "noface.mp4", "speech.wav"):
+            client.fput_object(s3server.BUCKET, f"inputs/{name}", str(media / name))
+        yield "s3://lipsync/inputs"
+
+
+def keys(prefix: str) -> list[str]:
+    return sorted(o.object_name for o in s3.client_from_env().list_objects(s3server.BUCKET, prefix, recursive=True))
+
+
+def cluster_job(tmp_path: Path, video: str, audio: str) -> dict:
     doc = {"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
            "metadata": {"name": "promo", "namespace": "media", "uid": "1f0c-uid"},
-           "spec": {"video": str(video), "audio": str(audio), "output": {"uri": str(tmp_path / "out"), "preset": "ultrafast"}}}
-    return jobs.job_manifest(parse_job(doc), Settings())
+           "spec": {"video": video, "audio": audio, "output": {"uri": OUT, "preset": "ultrafast"}}}
+    return jobs.job_manifest(parse_job(doc), SETTINGS)
+
+
+# The chart's defaults: storage request/limit, scratch sizeLimit, download limits.
+SETTINGS = Settings(runner_ephemeral_storage="64Gi", scratch_size_limit="60Gi", max_input_bytes=20 * 1024**3,
+                    max_weights_bytes=20 * 1024**3, download_deadline_seconds=3600)
 
 
 def run_pod(manifest: dict, tmp_path: Path) -> tuple[dict, str]:
-    """Run the Job's container command locally; return the pod status a kubelet would report."""
+    """Run the Job's container command locally; return the pod status a kubelet would report.
+
+    As the pod runs it: the root filesystem read-only, so the one writable place is the /tmp
+    volume (here a folder of its own, the manifest's paths under /tmp mapped into it), and the
+    working directory (the image's WORKDIR) is left untouched.
+    """
     (container,) = manifest["spec"]["template"]["spec"]["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    (mount,) = container["volumeMounts"]
+    (volume,) = manifest["spec"]["template"]["spec"]["volumes"]
+    assert volume["name"] == mount["name"] and volume["emptyDir"]["sizeLimit"] == "60Gi"
+    assert container["resources"]["limits"]["ephemeral-storage"] == "64Gi"
     assert container["terminationMessagePath"] == container_env(container)["LIPSYNC_RESULT_FILE"]
+    scratch, workdir = tmp_path / "volume-tmp", tmp_path / "workdir"
+    scratch.mkdir(exist_ok=True)
+    workdir.mkdir(exist_ok=True)
     result = tmp_path / "termination-log"
-    env = {**container_env(container), "LIPSYNC_RESULT_FILE": str(result)}
+    env = {k: str(scratch) + v[len(mount["mountPath"]):] if v.startswith(mount["mountPath"]) else v
+           for k, v in container_env(container).items()}
+    env["LIPSYNC_RESULT_FILE"] = str(result)
     args = container["args"]
     assert args[0] == "lipsync"
-    proc = run_cli(*args[1:], env=env)
+    proc = run_cli(*args[1:], env=env, cwd=workdir)
+    assert list(workdir.iterdir()) == [], "the runner wrote outside its volume"
     pod = {"status": {
         "phase": "Succeeded" if proc.returncode == 0 else "Failed",
         "containerStatuses": [{"name": jobs.CONTAINER, "state": {"terminated": {
@@ -61,21 +103,21 @@ def finished_job(manifest: dict, condition: str, reason: str | None = None) -> d
                                    "completionTime": "2026-11-25T10:00:01Z"}}
 
 
-def test_success_reaches_status_with_artifacts_and_progress(media, tmp_path):
-    manifest = cluster_job(tmp_path, media / "face.mp4", media / "speech.wav")
+def test_success_reaches_status_with_artifacts_and_progress(bucket, tmp_path):
+    manifest = cluster_job(tmp_path, f"{bucket}/face.mp4", f"{bucket}/speech.wav")
     pod, stdout = run_pod(manifest, tmp_path)
     assert pod["status"]["phase"] == "Succeeded"
     assert status.last_progress(stdout) == (100, "publish")
     st = status.from_job(None, finished_job(manifest, "Complete"), [pod], generation=1, now="2026-11-25T10:00:02Z")
     assert st["phase"] == "Succeeded" and st["progress"] == 100
-    assert st["artifacts"]["video"] == str(tmp_path / "out" / "output.mp4")
-    assert Path(st["artifacts"]["video"]).stat().st_size > 0
+    assert st["artifacts"]["video"] == f"{OUT}/output.mp4"
+    assert "renders/promo/output.mp4" in keys("renders/")
     ready = {c["type"]: c["status"] for c in st["conditions"]}
     assert ready["Ready"] == "True" and ready.get("Stalled", "False") == "False"
 
 
-def test_permanent_failure_fails_the_job_with_the_runners_reason(media, tmp_path):
-    manifest = cluster_job(tmp_path, media / "noface.mp4", media / "speech.wav")
+def test_permanent_failure_fails_the_job_with_the_runners_reason(bucket, tmp_path):
+    manifest = cluster_job(tmp_path, f"{bucket}/noface.mp4", f"{bucket}/speech.wav")
     pod, _ = run_pod(manifest, tmp_path)
     code = pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]
     assert code == REASONS["NoFaceFound"].exit_code
@@ -89,11 +131,11 @@ def test_permanent_failure_fails_the_job_with_the_runners_reason(media, tmp_path
     assert "no face was found" in st["message"]
     stalled = {c["type"]: c for c in st["conditions"]}["Stalled"]
     assert stalled["status"] == "True" and stalled["reason"] == "NoFaceFound"
-    assert not (tmp_path / "out").exists()
+    assert keys("renders/") == []
 
 
-def test_result_message_fits_a_termination_message(media, tmp_path):
-    manifest = cluster_job(tmp_path, media / "face.mp4", media / "speech.wav")
+def test_result_message_fits_a_termination_message(bucket, tmp_path):
+    manifest = cluster_job(tmp_path, f"{bucket}/face.mp4", f"{bucket}/speech.wav")
     pod, _ = run_pod(manifest, tmp_path)
     message = pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
     assert len(message.encode()) <= 4096  # the kubelet truncates termination messages beyond 4 KiB

@@ -102,6 +102,15 @@ FAILED = _obj([("Ready", "False", "NoFaceFound", "no face in video"),
 QUEUED = _obj([("Ready", "False", "Queued", "waiting for a GPU")], phase="Queued", observedGeneration=1)
 STALE = _obj([("Ready", "True", "Succeeded", "done")], generation=2, phase="Succeeded", observedGeneration=1)
 NEW = _obj()
+# A spec edit refused while (or after) rendering: the operator has seen generation 2 and says so.
+REFUSED = _obj([("Ready", "False", "SpecImmutable", "spec is immutable once rendering started"),
+                ("Reconciling", "False", "SpecImmutable", ""),
+                ("Stalled", "True", "SpecImmutable", "spec is immutable once rendering started")],
+               generation=2, phase="Succeeded", observedGeneration=2)
+# The refusal above, just reverted (generation 3) and not yet seen by the operator.
+REVERTED = _obj([("Ready", "False", "SpecImmutable", "spec is immutable"),
+                 ("Stalled", "True", "SpecImmutable", "spec is immutable")],
+                generation=3, phase="Succeeded", observedGeneration=2)
 
 # (sample, Argo CD status, Flux: current, failed)
 CASES = {
@@ -111,6 +120,8 @@ CASES = {
     "succeeded": (SUCCEEDED, "Healthy", True, False),
     "failed": (FAILED, "Degraded", False, True),
     "stale": (STALE, "Progressing", False, False),  # Ready, but for an older generation
+    "refused": (REFUSED, "Degraded", False, True),
+    "reverted": (REVERTED, "Progressing", False, False),  # Stalled, but for an older generation
 }
 
 

@@ -20,6 +20,8 @@ from lipsync.video.track import detect_faces
 from .media import (clip, ffmpeg, frames, job_file, packet_lines, packet_md5, probe, psnr, reencode, sample_md5, speech, stream,
                     video_duration)
 
+pytestmark = pytest.mark.slow  # renders or scores whole clips: `-m "not slow"` skips them
+
 
 @pytest.fixture(scope="session")
 def media(tmp_path_factory) -> Path:

@@ -56,3 +56,40 @@ def test_exit_codes_distinct():
     codes = [r.exit_code for r in REASONS.values()]
     assert len(codes) == len(set(codes))
     assert 0 not in codes and 75 not in PERMANENT_EXIT_CODES
+
+
+@pytest.mark.parametrize("field,value", [
+    ("video", "s3://media/a/../b.mp4"),
+    ("audio", "s3://media/./speech.wav"),
+    ("video", "https://cdn.example.com/v/%2e%2e/secret.mp4"),
+    ("output", {"uri": "s3://renders/team-a/../team-b/promo"}),
+    ("model", {"name": "wav2lip", "weights": "s3://models/x/../wav2lip.pth"}),
+])
+def test_dot_segments_in_uris_are_invalid_everywhere(field, value):
+    """Not a retried InternalError at fetch time: InvalidSpec up front, naming the field."""
+    with pytest.raises(InvalidSpec) as e:
+        parse_job(_job(**{field: value}))
+    assert "'.' or '..' segment" in str(e.value)
+    assert f"spec.{field}" in str(e.value)
+
+
+def test_dots_inside_names_and_local_relative_paths_are_fine():
+    job = parse_job(_job(video="s3://media/v1..2/face.v2.mp4", audio="../sample/speech.wav"))
+    assert job.spec.video == "s3://media/v1..2/face.v2.mp4"
+
+
+@pytest.mark.parametrize("field,value", [
+    ("video", "/tmp/face.mp4"), ("video", "file:///etc/passwd"), ("audio", "http://10.0.0.1/speech.wav"),
+    ("audio", "speech.wav"), ("output", {"uri": "/tmp/out"}), ("output", {"uri": "https://example.com/out"}),
+    ("model", {"name": "wav2lip", "weights": "/models/wav2lip.pth"}),
+])
+def test_in_cluster_only_remote_uris(field, value):
+    from lipsync.policy import ClusterPolicy, check
+
+    remote = {"video": "s3://media/in.mp4", "audio": "https://cdn.example.com/s.wav", "output": {"uri": "s3://renders/x"}}
+    job = parse_job(_job(**{**remote, field: value}))
+    with pytest.raises(InvalidSpec) as e:
+        check(job.spec, ClusterPolicy())
+    assert f"spec.{field}" in str(e.value) and "in a cluster" in str(e.value)
+    check(parse_job(_job(video="s3://media/in.mp4", audio="https://cdn.example.com/s.wav",
+                         output={"uri": "s3://renders/x"})).spec, ClusterPolicy())  # remote: fine

@@ -123,6 +123,7 @@ def test_bare_state_dict_and_file_objects_load(tmp_path: Path, reference_mel: np
     )
 
 
+@pytest.mark.slow
 def test_legacy_serialization_loads(
     tmp_path: Path, formula_state: "OrderedDict[str, torch.Tensor]", reference_mel: np.ndarray
 ) -> None:
@@ -241,6 +242,7 @@ def _spec(**options: object) -> ModelSpec:
     return ModelSpec(name="wav2lip", weights="w.pth", options=options)
 
 
+@pytest.mark.slow
 def test_from_spec_loads_weights_up_front(
     tmp_path: Path, published_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -282,6 +284,7 @@ def test_infer_feeds_the_network_as_trained(net: Wav2Lip, crops: np.ndarray, ref
     assert np.abs(out.astype(int) - expected_pixels.astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_batch_splitting_gives_the_same_result(net: Wav2Lip, crops: np.ndarray) -> None:
     frames = np.array([0, 7, 19, 3])
     whole = _prepared(net, 4).infer(crops, frames)

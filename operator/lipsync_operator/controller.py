@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import json
 import logging
+import random
 from typing import Any, Callable, Mapping
 
 import kopf
@@ -36,6 +38,7 @@ from . import jobs as jobs_mod
 from . import queue, status
 from .kube import Kube, KubeError
 from .metrics import Metrics, seconds_between
+from .output import published
 from .settings import Settings
 
 log = logging.getLogger("lipsync_operator")
@@ -68,11 +71,35 @@ def validate(body: Mapping[str, Any], settings: Settings | None = None) -> tuple
     return job, None if error is None else error.message
 
 
+ARRIVAL_ANNOTATION = "lipsync.dev/arrival"
+_first_seen: dict[str, str] = {}  # uid -> when this process first saw it (until it is annotated)
+
+
+def arrival(meta: Mapping[str, Any]) -> str:
+    """When the operator first saw a LipSyncJob (RFC 3339, microseconds): the FIFO tie-break for
+    jobs created in the same second (``creationTimestamp`` has whole seconds). kopf's watch
+    delivers creations in order, so first sight is creation order; the create handler keeps it
+    in the ``lipsync.dev/arrival`` annotation so that a restarted operator keeps the order."""
+    annotated = (meta.get("annotations") or {}).get(ARRIVAL_ANNOTATION)
+    uid = meta.get("uid") or ""
+    if annotated:
+        _first_seen.pop(uid, None)
+        return str(annotated)
+    if uid not in _first_seen:
+        _first_seen[uid] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="microseconds").replace("+00:00", "Z")
+    return _first_seen[uid]
+
+
+def forget_arrival(uid: str | None) -> None:
+    _first_seen.pop(uid or "", None)
+
+
 def candidate(body: Mapping[str, Any], settings: Settings | None = None) -> queue.Candidate:
     """How the queue sees a LipSyncJob (for the kopf index); one the policy refuses is not valid."""
     meta = body.get("metadata") or {}
     st = body.get("status") or {}
-    job, _ = check(body, settings)
+    job, error = check(body, settings)
     return queue.Candidate(
         namespace=meta.get("namespace") or "",
         name=meta.get("name") or "",
@@ -80,11 +107,17 @@ def candidate(body: Mapping[str, Any], settings: Settings | None = None) -> queu
         created=meta.get("creationTimestamp") or "",
         gpu=bool(job and jobs_mod.needs_gpu(job)),
         valid=job is not None,
+        error=error.message if error is not None else None,
+        error_reason=error.reason if error is not None else None,
+        digest=jobs_mod.spec_digest(jobs_mod.runner_document(job)["spec"]) if job is not None else None,
         finished=st.get("phase") in status.TERMINAL,
         deleting=bool(meta.get("deletionTimestamp")),
         phase=st.get("phase"),
         generation=meta.get("generation"),
         job=job,
+        started=bool(st.get("jobName")) or st.get("phase") == "Running",
+        arrival=arrival(meta),
+        status=dict(st),
     )
 
 
@@ -100,6 +133,7 @@ def job_fact(body: Mapping[str, Any]) -> queue.JobFact | None:
         namespace=owner[0], name=meta.get("name", ""), owner=owner[1], uid=uid or "",
         gpu=labels.get(jobs_mod.GPU_LABEL) == "true",
         finished=status.job_finished(body) is not None,
+        body=jobs_mod.job_facts_body(body),
     )
 
 
@@ -116,6 +150,11 @@ def ref(namespace: str, name: str, uid: str | None) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"namespace": namespace, "name": name, "uid": uid}}
 
 
+DISPATCH: Key = ("", "")  # the work queue's key for "run the dispatcher"
+BACKOFF_FIRST_S = 0.5
+BACKOFF_CAP_S = 30.0
+
+
 class Controller:
     def __init__(self, settings: Settings, kube: Kube) -> None:
         self.settings = settings
@@ -125,26 +164,30 @@ class Controller:
         self.uids: dict[Key, str] = {}
         self.locks: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.deleting: set[Key] = set()
-        self.rejected: dict[Key, int] = {}  # generation of a spec change refused while rendering
-        self.job_seen: dict[Key, Any] = {}  # last Job status handled, to skip no-op events
+        self.job_seen: dict[Key, Any] = {}  # the Job state last written into the status, to skip no-ops
         self.cr_index: Any = None
         self.job_index: Any = None
         self.last_plan: queue.Plan | None = None
         self.metrics = Metrics(self)
         self._create_slots = asyncio.Semaphore(8)
+        # The work queue: key -> when (loop time) it is due; failures per key for the backoff.
+        self.due: dict[Key, float] = {}
+        self.failures: collections.Counter[Key] = collections.Counter()
+        self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ state
     def remember(self, body: Mapping[str, Any]) -> Key:
         """Seed the status cache from a LipSyncJob body the first time it is seen."""
         meta = body.get("metadata") or {}
         key = (meta.get("namespace"), meta.get("name"))
-        uid = meta.get("uid")
-        if self.uids.get(key) != uid:  # new object, or same name re-created
-            self.uids[key] = uid
-            self.statuses[key] = dict(body.get("status") or {})
-            self.rejected.pop(key, None)
-            self.job_seen.pop(key, None)
+        self._seed(key, meta.get("uid"), body.get("status") or {})
         return key
+
+    def _seed(self, key: Key, uid: str | None, st: Mapping[str, Any]) -> None:
+        if self.uids.get(key) != uid:  # new object, or same name re-created
+            self.uids[key] = uid or ""
+            self.statuses[key] = dict(st)
+            self.job_seen.pop(key, None)
 
     def use_indexes(self, cr_index: Any, job_index: Any) -> None:
         self.cr_index, self.job_index = cr_index, job_index
@@ -152,8 +195,16 @@ class Controller:
     def _candidates(self) -> list[queue.Candidate]:
         return [c for store in (self.cr_index or {}).values() for c in store]
 
+    def _candidate(self, key: Key) -> queue.Candidate | None:
+        store = (self.cr_index or {}).get(key) or []
+        return next(iter(store), None)
+
     def _job_facts(self) -> list[queue.JobFact]:
         return [j for store in (self.job_index or {}).values() for j in store]
+
+    def _facts_of(self, key: Key, uid: str) -> list[queue.JobFact]:
+        store = (self.job_index or {}).get(key) or []
+        return [j for j in store if j.uid == uid]
 
     def snapshot(self) -> dict[str, Any]:
         phases = collections.Counter(s.get("phase") for s in self.statuses.values() if s.get("phase"))
@@ -166,16 +217,77 @@ class Controller:
             "calls": dict(self.kube.calls),
         }
 
+    # ------------------------------------------------------------------ the work queue
+    def kick(self, key: Key, delay: float = 0.0) -> None:
+        """Reconcile ``key`` (or dispatch, for :data:`DISPATCH`) after ``delay`` seconds."""
+        when = asyncio.get_running_loop().time() + delay
+        if key not in self.due or self.due[key] > when:
+            self.due[key] = when
+        self._wake.set()
+
+    async def attempt(self, key: Key) -> bool:
+        """One reconcile (or dispatch) of ``key``; on any failure it is queued again with backoff."""
+        try:
+            if key == DISPATCH:
+                await self.dispatch()
+            else:
+                await self.reconcile(key)
+        except Exception as e:  # an API fault delays the truth; the queue tries again
+            n = self.failures[key] = self.failures[key] + 1
+            delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** (n - 1)) * random.uniform(0.5, 1.0)
+            why = f"{e.status} {e.reason}" if isinstance(e, KubeError) else repr(e)
+            log.warning("reconcile of %s failed (%s); retrying in %.1f s", "/".join(key) or "the queue", why, delay)
+            self.kick(key, delay)
+            return False
+        self.failures.pop(key, None)
+        return True
+
+    async def run(self) -> None:
+        """The work loop: due keys, and every ``resync_seconds`` every unfinished LipSyncJob.
+
+        Level-triggered: what a reconcile writes is computed from what exists (the indexes, the
+        Job, its pods, the output), never from the event that queued it, so a retried or
+        repeated reconcile is harmless and a missed event is made good by the next resync.
+        """
+        loop = asyncio.get_running_loop()
+        next_resync = loop.time()
+        slots = asyncio.Semaphore(8)
+
+        async def one(key: Key) -> None:
+            async with slots:
+                await self.attempt(key)
+
+        while True:
+            now = loop.time()
+            if self.cr_index is not None and now >= next_resync:
+                next_resync = now + self.settings.resync_seconds
+                for c in self._candidates():
+                    if not c.finished and not c.deleting:
+                        self.due.setdefault(c.key, now)
+                self.due.setdefault(DISPATCH, now)
+            ready = [k for k, t in self.due.items() if t <= now] if self.cr_index is not None else []
+            for k in ready:
+                del self.due[k]
+            work = [k for k in ready if k != DISPATCH]
+            if work:
+                await asyncio.gather(*(one(k) for k in work))
+            if DISPATCH in ready:
+                await self.attempt(DISPATCH)
+            self._wake.clear()
+            later = [t for t in self.due.values()] + ([next_resync] if self.cr_index is not None else [])
+            timeout = max(0.0, min(later) - loop.time()) if later else self.settings.resync_seconds
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=min(timeout, self.settings.resync_seconds))
+            except asyncio.TimeoutError:
+                pass
+
     # ------------------------------------------------------------------ status
     async def write(self, key: Key, compute: Callable[[dict[str, Any]], dict[str, Any]],
                     *, event: bool = True) -> dict[str, Any] | None:
         """Compute the new status from the cached one and patch what changed."""
         async with self.locks[key]:
             cur = self.statuses.get(key, {})
-            new = compute(dict(cur))
-            if key in self.rejected and new.get("phase") in status.IN_PROGRESS:
-                msg = new.get("message")
-                new["message"] = status.IMMUTABLE_MESSAGE + (f" (running as before: {msg})" if msg else "")
+            new = self._observe(key, compute(dict(cur)))
             patch = status.merge_patch(cur, new)
             if not patch:
                 return cur
@@ -194,7 +306,18 @@ class Controller:
             self.metrics.transition(cur, new)
             if event:
                 self._announce(key, new)
+        if status.refused(new) and not status.refused(cur):
+            kopf.event(ref(key[0], key[1], self.uids.get(key)), type="Warning", reason="SpecImmutable",
+                       message=new.get("message") or status.IMMUTABLE_MESSAGE)
         return new
+
+    def _observe(self, key: Key, new: dict[str, Any]) -> dict[str, Any]:
+        """kstatus for the newest generation the index shows (see :func:`status.observe`)."""
+        cand = self._candidate(key)
+        if cand is None or cand.uid != self.uids.get(key):
+            return new
+        spec_refused = bool(new.get("specDigest")) and cand.digest != new.get("specDigest")
+        return status.observe(new, generation=cand.generation, spec_refused=spec_refused, now=status.now_iso())
 
     def _announce(self, key: Key, new: Mapping[str, Any]) -> None:
         obj = ref(key[0], key[1], self.uids.get(key))
@@ -210,40 +333,12 @@ class Controller:
 
     # ------------------------------------------------------------------ lifecycle
     async def accept(self, body: Mapping[str, Any]) -> None:
-        """On create/resume: an invalid spec fails at once (no Job); a valid one is left to
-        :meth:`dispatch`, which writes Pending (Job created) or Queued in one status write."""
+        """On create/resume/spec edit: reconcile now (retried through the work queue on failure)."""
         key = self.remember(body)
-        gen = (body.get("metadata") or {}).get("generation")
-        if self.statuses.get(key, {}).get("phase") in status.TERMINAL:
-            return
-        job, error = check(body, self.settings)
-        now = status.now_iso()
-        if job is None:
-            reason = error.reason if error is not None else "InvalidSpec"
-            message = error.message if error is not None else "invalid spec"
-            await self.write(key, lambda c: status.invalid(c, message, gen, now, reason=reason))
-        elif self.statuses.get(key, {}).get("phase") and self.statuses[key].get("observedGeneration") != gen:
-            # An accepted edit (still waiting): say the new generation was seen.
-            await self.write(key, lambda c: status.build(
-                c, phase=c["phase"], reason=c.get("reason"), message=c.get("message"), generation=gen, now=now))
+        await self.attempt(key)
 
     async def spec_changed(self, body: Mapping[str, Any]) -> None:
         """A spec edit: taken while nothing runs yet; refused (and said so) once a Job exists."""
-        key = self.remember(body)
-        gen = (body.get("metadata") or {}).get("generation")
-        cur = self.statuses.get(key, {})
-        has_job = key in self.dispatcher.started or any(j.key == key for j in self._job_facts())
-        if has_job or cur.get("phase") in ("Running", "Succeeded", "Failed"):
-            self.rejected[key] = gen or 0
-            kopf.event(ref(key[0], key[1], self.uids.get(key)), type="Warning", reason="SpecImmutable",
-                       message=status.IMMUTABLE_MESSAGE)
-            now = status.now_iso()
-            await self.write(key, lambda c: status.build(
-                c, phase=c.get("phase") or "Pending", generation=gen, now=now,
-                reason=c.get("reason"), message=c.get("message"),
-                **{k: v for k, v in c.items() if k not in ("phase", "reason", "message", "conditions", "observedGeneration")}),
-                event=False)
-            return
         await self.accept(body)
 
     async def deleted(self, body: Mapping[str, Any]) -> None:
@@ -251,30 +346,102 @@ class Controller:
         meta = body.get("metadata") or {}
         key = (meta.get("namespace"), meta.get("name"))
         self.deleting.add(key)
-        name = jobs_mod.job_name(meta.get("name", ""), meta.get("uid", ""))
+        name = ((body.get("status") or {}).get("jobName")
+                or jobs_mod.job_name(meta.get("name", ""), meta.get("uid", "")))
         if await self.kube.delete_job(key[0], name):
             log.info("deleted Job %s/%s of a deleted LipSyncJob", key[0], name)
         self.dispatcher.forget(key)
         self.statuses.pop(key, None)
         self.job_seen.pop(key, None)
-        self.rejected.pop(key, None)
+        self.due.pop(key, None)
 
     def gone(self, key: Key) -> None:
         """The LipSyncJob has disappeared from the cluster."""
         self.deleting.discard(key)
+        forget_arrival(self.uids.get(key))
         self.uids.pop(key, None)
         self.locks.pop(key, None)
+        self.statuses.pop(key, None)
+        self.job_seen.pop(key, None)
+        self.due.pop(key, None)
+        self.failures.pop(key, None)
+
+    # ------------------------------------------------------------------ reconcile
+    async def reconcile(self, key: Key) -> None:
+        """Bring one LipSyncJob's status in line with what exists. Raises on an API fault.
+
+        * invalid spec, no Job: Failed/InvalidSpec;
+        * its Job exists: the status from the Job and its pods;
+        * its status says a Job was created (``jobName``) but there is none: the Job was deleted
+          (by a person, or by its TTL after it finished) while no event reached the operator.
+          The outcome is then the published ``metrics.json`` of this very LipSyncJob (uid):
+          Succeeded; else Failed/JobDeleted. Never a second Job;
+        * otherwise it waits for the dispatcher (queue).
+        """
+        cand = self._candidate(key)
+        if cand is None or cand.deleting or key in self.deleting:
+            return
+        self._seed(key, cand.uid, cand.status or {})
+        cur = self.statuses.get(key, {})
+        if cur.get("phase") in status.TERMINAL:
+            await self.write(key, lambda c: c)  # final; only a spec edit (refused, or reverted) shows
+            return
+        gen = cand.generation
+        now = status.now_iso()
+        facts = self._facts_of(key, cand.uid)
+        created = cur.get("jobName") or cur.get("phase") == "Running" or cand.started
+        if not facts and not created:
+            if cand.job is None:
+                await self.write(key, lambda c: status.invalid(c, cand.error or "invalid spec", gen, now,
+                                                               reason=cand.error_reason or "InvalidSpec"))
+            else:
+                await self.write(key, lambda c: c)  # an accepted edit (still waiting): the new generation seen
+            return
+        if facts:
+            fact = next((f for f in facts if not f.finished), facts[-1])
+            job, name = fact.body, fact.name
+        else:
+            if key in self.dispatcher.started:
+                return  # created a moment ago; its watch event is on the way
+            name = cur.get("jobName") or jobs_mod.job_name(key[1], cand.uid)
+            job = await self.kube.read_job(key[0], name)  # the index may lag: ask before concluding
+            if job is not None and jobs_mod.owner_of(job) == key and _controller_uid(job) == cand.uid:
+                job = jobs_mod.job_facts_body(job)
+            else:
+                await self._without_job(key, cand, name, gen, now)
+                return
+        seen = (name, job)
+        if self.job_seen.get(key) == seen:
+            await self.write(key, lambda c: c)  # the Job is as written; a spec edit may not be
+            return
+        pods = jobs_mod.pods_of(await self.kube.list_pods(key[0], f"{jobs_mod.UID_LABEL}={cand.uid}"), cand.uid)
+        await self.write(key, lambda s: status.from_job(s, job, pods, generation=gen, now=now, job_name=name))
+        self.job_seen[key] = seen
+
+    async def _without_job(self, key: Key, cand: queue.Candidate, name: str, gen: int | None, now: str) -> None:
+        """The Job is gone and no event said how it ended: the published output, else JobDeleted."""
+        found = await published(cand)
+        if found is not None:
+            await self.write(key, lambda s: status.published(s, found, generation=gen, now=now, job_name=name))
+        else:
+            await self.write(key, lambda s: status.build(
+                s, phase="Failed", reason="JobDeleted", generation=gen, now=now, finishedAt=now, jobName=name,
+                message=f"its Job {name} was deleted before it finished: delete and re-apply to render again"))
 
     # ------------------------------------------------------------------ the queue
     async def dispatch(self) -> queue.Plan | None:
-        """Start what may start; mark the rest Queued. Safe to call often and concurrently."""
+        """Start what may start; mark the rest Queued. Safe to call often and concurrently.
+
+        Raises after trying every write if one failed (the work queue retries the dispatch).
+        """
         if self.cr_index is None:
             return None
         async with self.dispatcher.lock:
             jobs = self._job_facts()
             self.dispatcher.seen(jobs)
             cands = [c for c in self._candidates() if c.key not in self.deleting
-                     and self.statuses.get(c.key, {}).get("phase") not in status.TERMINAL]
+                     and self.statuses.get(c.key, {}).get("phase") not in status.TERMINAL
+                     and not self.statuses.get(c.key, {}).get("jobName")]
             plan = queue.plan(cands, jobs, budget=self.settings.gpu_budget,
                               in_flight=self.dispatcher.started.values(),
                               kueue=bool(self.settings.kueue_queue))
@@ -284,15 +451,17 @@ class Controller:
         if plan.start:
             await asyncio.gather(*(self._start(c) for c in plan.start))
         now = status.now_iso()
+        failed: list[BaseException] = []
         for c in plan.wait:
-            cur = self.statuses.get(c.key)
-            phase = cur.get("phase") if cur is not None else c.phase
-            if phase != "Queued":
-                self.uids.setdefault(c.key, c.uid)
-                if cur is None:
-                    self.statuses[c.key] = {"phase": c.phase} if c.phase else {}
-                await self.write(c.key, lambda s, c=c: status.queued(
-                    s, generation=c.generation, now=now, budget=self.settings.gpu_budget))
+            self._seed(c.key, c.uid, c.status or {})
+            if self.statuses.get(c.key, {}).get("phase") != "Queued":
+                try:
+                    await self.write(c.key, lambda s, c=c: status.queued(
+                        s, generation=c.generation, now=now, budget=self.settings.gpu_budget))
+                except Exception as e:
+                    failed.append(e)
+        if failed:
+            raise failed[0]
         return plan
 
     async def _start(self, c: queue.Candidate) -> None:
@@ -300,6 +469,7 @@ class Controller:
         assert c.job is not None
         manifest = jobs_mod.job_manifest(c.job, self.settings)
         name = manifest["metadata"]["name"]
+        self._seed(c.key, c.uid, c.status or {})
         try:
             async with self._create_slots:
                 try:
@@ -310,22 +480,28 @@ class Controller:
                         raise
                     job = await self.kube.read_job(c.namespace, name)
                     verb = "adopted"
-                    if job is None or jobs_mod.owner_of(job) != c.key:
+                    if job is None or jobs_mod.owner_of(job) != c.key or _controller_uid(job) != c.uid:
                         raise RuntimeError(f"Job {name} exists but is not this LipSyncJob's (yet)")
         except Exception as e:
             self.dispatcher.forget(c.key)
             why = f"{e.status} {e.reason}: {_api_message(e.body)}" if isinstance(e, KubeError) else str(e)
-            log.warning("could not start %s/%s: %s (retried on the next dispatch)", c.namespace, c.name, why)
-            self.uids.setdefault(c.key, c.uid)
+            n = self.failures[c.key] = self.failures[c.key] + 1
+            delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** n)
+            log.warning("could not start %s/%s: %s (retried in %.1f s)", c.namespace, c.name, why, delay)
+            self.kick(DISPATCH, delay)
             now = status.now_iso()
-            written = await self.write(c.key, lambda s: status.build(
-                s, phase="Pending", reason="JobCreateFailed", generation=c.generation, now=now,
-                message=f"could not create Job {name}: {why}; retrying"), event=False)
-            if written is not None and written.get("reason") == "JobCreateFailed":
+            try:
+                written = await self.write(c.key, lambda s: status.build(
+                    s, phase="Pending", reason="JobCreateFailed", generation=c.generation, now=now,
+                    message=f"could not create Job {name}: {why}; retrying"), event=False)
+            except Exception:
+                log.warning("could not write the status of %s/%s either", c.namespace, c.name)
+                return
+            if written is not None and written.get("reason") == "JobCreateFailed" and n == 1:
                 kopf.event(ref(c.namespace, c.name, c.uid), type="Warning", reason="JobCreateFailed",
                            message=f"could not create Job {name}: {why}")
             return
-        self.uids.setdefault(c.key, c.uid)
+        self.failures.pop(c.key, None)
         waited = seconds_between(c.created, status.now_iso())
         if waited is not None and verb == "created":
             self.metrics.wait.observe(waited)
@@ -333,45 +509,22 @@ class Controller:
                    reason="JobCreated" if verb == "created" else "JobAdopted",
                    message=f"{verb} Job {name}" + (" (GPU)" if c.gpu else ""))
         now = status.now_iso()
-        await self.write(c.key, lambda s: status.from_job(s, job, [], generation=c.generation, now=now,
-                                                           job_name=name))
+        body = jobs_mod.job_facts_body(job)
+        try:
+            await self.write(c.key, lambda s: status.from_job(s, body, [], generation=c.generation, now=now,
+                                                               job_name=name))
+        except Exception:
+            # The Job exists; the status that says so is retried (a reconcile finds the Job).
+            self.kick(c.key, BACKOFF_FIRST_S)
+            raise
 
     # ------------------------------------------------------------------ Jobs
-    async def job_event(self, event_type: str | None, job: Mapping[str, Any]) -> None:
-        """A Job of ours changed: bring its LipSyncJob's status in line."""
+    async def job_event(self, job: Mapping[str, Any]) -> None:
+        """A Job of ours changed (or went): reconcile its LipSyncJob now, retried on failure."""
         fact = job_fact(job)
         if fact is None:
             return
-        key = fact.key
-        if key in self.deleting or (key in self.uids and self.uids[key] != fact.uid):
-            return  # being deleted, or the Job of an earlier LipSyncJob of the same name
-        if key not in self.statuses:
-            cand = next((c for c in self._candidates() if c.key == key and c.uid == fact.uid), None)
-            if cand is None:
-                return  # its LipSyncJob is gone (the garbage collector follows)
-            self.uids[key] = cand.uid
-            self.statuses[key] = {"phase": cand.phase} if cand.phase else {}
-        cur = self.statuses.get(key, {})
-        if cur.get("phase") in status.TERMINAL:
-            return
-        gen = self._generation(key)
-        now = status.now_iso()
-        if event_type == "DELETED":
-            if not fact.finished:
-                await self.write(key, lambda s: status.build(
-                    s, phase="Failed", reason="JobDeleted", generation=gen, now=now, finishedAt=now,
-                    message=f"its Job {fact.name} was deleted before it finished: delete and re-apply to render again"))
-            return
-        seen = (job.get("spec") or {}).get("suspend"), job.get("status")
-        if self.job_seen.get(key) == seen:
-            return
-        self.job_seen[key] = seen
-        pods = jobs_mod.pods_of(await self.kube.list_pods(fact.namespace, f"{jobs_mod.UID_LABEL}={fact.uid}"), fact.uid)
-        await self.write(key, lambda s: status.from_job(s, job, pods, generation=gen, now=now, job_name=fact.name))
-
-    def _generation(self, key: Key) -> int | None:
-        store = (self.cr_index or {}).get(key) or []
-        return next((c.generation for c in store), None)
+        await self.attempt(fact.key)
 
     # ------------------------------------------------------------------ progress
     async def poll_progress(self, key: Key, uid: str) -> None:
@@ -390,3 +543,7 @@ class Controller:
         pct, stage = found
         await self.write(key, lambda s: status.with_progress(s, pct, stage))
 
+
+def _controller_uid(job: Mapping[str, Any]) -> str:
+    refs = (job.get("metadata") or {}).get("ownerReferences") or []
+    return next((r.get("uid") or "" for r in refs if r.get("controller")), "")

@@ -3,14 +3,16 @@
 =================================== ========================================================
 event                               action
 =================================== ========================================================
-startup                             kopf settings; the controller; the metrics endpoint
+startup                             kopf settings; the controller and its work loop
+                                    (retries with backoff, resync every LIPSYNC_RESYNC_SECONDS);
+                                    the metrics endpoint
 login                               the same credentials as the operator's own client
 LipSyncJob index / Job index        what the queue sees (filled before any handler runs)
-LipSyncJob created / resumed        validate (invalid → Failed, no Job); dispatch
+LipSyncJob created / resumed        reconcile (invalid → Failed, no Job); dispatch
 LipSyncJob spec edited              accepted while nothing runs; refused once a Job exists
 LipSyncJob deleted (finalizer)      delete its Job (Background propagation); dispatch
 LipSyncJob Running (daemon)         poll progress every LIPSYNC_PROGRESS_INTERVAL seconds
-Job of ours changed                 LipSyncJob status from the Job and its pods; dispatch
+Job of ours changed / deleted       reconcile its LipSyncJob (retried on failure); dispatch
 =================================== ========================================================
 
 Run as ``lipsync-operator`` (``main.py``): ``kopf run --standalone --all-namespaces``.
@@ -27,7 +29,7 @@ import kopf
 from lipsync.spec import API_GROUP, API_VERSION, PLURAL
 
 from . import jobs
-from .controller import Controller, candidate, job_fact
+from .controller import ARRIVAL_ANNOTATION, DISPATCH, Controller, arrival, candidate, job_fact
 from .kube import Kube, connection_info
 from .settings import Settings
 
@@ -53,7 +55,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     ctl = Controller(ops, Kube())
     memo.ctl = ctl
     ctl.metrics.serve(ops.metrics_port)
-    memo.safety_net = asyncio.create_task(_redispatch_forever(ctl, max(5.0, ops.progress_interval)))
     logger.info("lipsync-operator: GPU budget %s, kueue %s, image %s",
                 ops.gpu_budget, ops.kueue_queue or "off", ops.runner_image)
 
@@ -64,19 +65,9 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     return kopf.ConnectionInfo(**connection_info())
 
 
-async def _redispatch_forever(ctl: Controller, every: float) -> None:
-    """A slow safety net: re-run the dispatcher even if no event arrives (e.g. a failed create)."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await ctl.dispatch()
-        except Exception:  # pragma: no cover - logged, retried next round
-            logging.getLogger("lipsync_operator").exception("periodic dispatch failed")
-
-
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    task = getattr(memo, "safety_net", None)
+    task = getattr(memo, "work_loop", None)
     if task is not None:
         task.cancel()
     ctl: Controller | None = getattr(memo, "ctl", None)
@@ -99,8 +90,15 @@ def jobs_idx(body: kopf.Body, **_: Any) -> dict | None:
 
 
 def _ctl(memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index) -> Controller:
+    """The controller, with the indexes (complete: kopf runs handlers only once they are filled).
+
+    The first call starts the work loop, from a handler's context: kopf.event needs the Event
+    queue that kopf puts in its handlers' context (not yet in the startup handler's).
+    """
     ctl: Controller = memo.ctl
     ctl.use_indexes(lipsyncjobs_idx, jobs_idx)
+    if getattr(memo, "work_loop", None) is None:
+        memo.work_loop = asyncio.create_task(ctl.run())
     return ctl
 
 
@@ -108,11 +106,14 @@ def _ctl(memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index) -> 
 # backoff: a failed call (API server hiccup) is retried in seconds, not kopf's default minute.
 @kopf.on.resume(*CR, backoff=5)
 @kopf.on.create(*CR, backoff=5)
-async def created(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index,
-                  **_: Any) -> None:
+async def created(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kopf.Memo,
+                  lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index, **_: Any) -> None:
+    if not (meta.get("annotations") or {}).get(ARRIVAL_ANNOTATION):
+        # The queue's FIFO tie-break, kept across restarts (rides on kopf's own patch: no extra call).
+        patch.metadata.annotations[ARRIVAL_ANNOTATION] = arrival(meta)
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     await ctl.accept(body)
-    await ctl.dispatch()
+    await ctl.attempt(DISPATCH)
 
 
 @kopf.on.update(*CR, field="spec", backoff=5)
@@ -120,7 +121,7 @@ async def spec_changed(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.I
                        **_: Any) -> None:
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     await ctl.spec_changed(body)
-    await ctl.dispatch()
+    await ctl.attempt(DISPATCH)
 
 
 @kopf.on.delete(*CR, backoff=5)
@@ -128,13 +129,20 @@ async def deleted(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index,
                   **_: Any) -> None:
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     await ctl.deleted(body)
-    await ctl.dispatch()
+    await ctl.attempt(DISPATCH)
 
 
 @kopf.on.event(*CR)
-async def lipsyncjob_event(event: kopf.RawEvent, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def lipsyncjob_event(event: kopf.RawEvent, namespace: str, name: str, memo: kopf.Memo,
+                           lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index, **_: Any) -> None:
+    """Every LipSyncJob event queues a reconcile (even one whose kopf handling fails, e.g. a 409
+    on kopf's own patch); kopf runs this before its finalizer and change handlers."""
+    ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     if event.get("type") == "DELETED":
-        memo.ctl.gone((namespace, name))
+        ctl.gone((namespace, name))
+    else:
+        ctl.kick((namespace, name))
+    ctl.kick(DISPATCH)
 
 
 def _is_running(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
@@ -158,5 +166,5 @@ async def progress(stopped: kopf.DaemonStopped, namespace: str, name: str, uid: 
 async def job_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index,
                       jobs_idx: kopf.Index, **_: Any) -> None:
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
-    await ctl.job_event(event.get("type"), body)
-    await ctl.dispatch()
+    await ctl.job_event(body)
+    await ctl.attempt(DISPATCH)

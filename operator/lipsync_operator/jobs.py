@@ -33,6 +33,7 @@ GPU_LABEL = "lipsync.dev/gpu"              # "true" when the Job counts against 
 OWNER_ANNOTATION = "lipsync.dev/owner"     # "<namespace>/<name>" of the LipSyncJob
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RESULT_FILE = "/dev/termination-log"
+SCRATCH = "/tmp"  # the one writable volume of a runner pod (an emptyDir; the root filesystem is read-only)
 RUNNER_COMMAND = ["lipsync", "run", "--job-env", "LIPSYNC_JOB", "--log-format", "json"]
 
 _MAX_NAME = 63
@@ -96,15 +97,24 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
         # The runner applies the same policy the operator did (lipsync.policy): defence in depth.
         {"name": IN_CLUSTER_ENV, "value": "1"},
         *({"name": k, "value": v} for k, v in sorted(settings.cluster_policy(meta.namespace).env().items())),
+        *({"name": k, "value": v} for k, v in sorted(settings.runner_limits_env().items())),
+        # The root filesystem is read-only: everything the runner (and torch, ffmpeg, a model's
+        # program) writes goes to the size-limited /tmp volume.
+        {"name": "TMPDIR", "value": SCRATCH},
+        {"name": "HOME", "value": SCRATCH},
+        {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH}/.cache"},
     ]
     if settings.s3_endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint})
 
     resources: dict[str, dict[str, str]] = {}
-    requests = {k: v for k, v in (("cpu", settings.runner_cpu), ("memory", settings.runner_memory)) if v}
+    requests = {k: v for k, v in (("cpu", settings.runner_cpu), ("memory", settings.runner_memory),
+                                  ("ephemeral-storage", settings.runner_ephemeral_storage)) if v}
     if requests:
         resources["requests"] = requests
-    limits = {"memory": settings.runner_memory} if settings.runner_memory else {}  # OOM-killed, not the node
+    # Memory and disk: the pod is OOM-killed or evicted, not the node starved.
+    limits = {k: v for k, v in (("memory", settings.runner_memory),
+                                ("ephemeral-storage", settings.runner_ephemeral_storage)) if v}
     if gpu:
         limits[settings.gpu_resource] = "1"
     if limits:
@@ -120,9 +130,10 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "tmp", "mountPath": SCRATCH}],
     }
     if settings.s3_secret:
         container["envFrom"] = [{"secretRef": {"name": settings.s3_secret}}]
@@ -138,7 +149,8 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": settings.scratch_size_limit}
+                     if settings.scratch_size_limit else {}}],
     }
     if settings.runner_service_account:
         pod_spec["serviceAccountName"] = settings.runner_service_account
@@ -213,3 +225,34 @@ def pods_of(pods: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
     """The pods rendering the LipSyncJob ``uid``, oldest first (a list call may return more)."""
     mine = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(UID_LABEL) == uid]
     return sorted(mine, key=lambda p: ((p.get("metadata") or {}).get("creationTimestamp") or "", p["metadata"].get("name", "")))
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """sha256 (hex) of a runner document's spec (canonical JSON): which spec a Job renders."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def job_spec_digest(job: dict[str, Any]) -> str | None:
+    """:func:`spec_digest` of the spec in a Job's ``LIPSYNC_JOB``; None if it has none."""
+    for c in (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []:
+        if c.get("name") != CONTAINER:
+            continue
+        for e in c.get("env") or []:
+            if e.get("name") == "LIPSYNC_JOB" and e.get("value"):
+                try:
+                    spec = json.loads(e["value"]).get("spec")
+                except (ValueError, AttributeError):
+                    return None
+                return spec_digest(spec) if isinstance(spec, dict) else None
+    return None
+
+
+def job_facts_body(job: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a Job its LipSyncJob's status is computed from (kept in the operator's index)."""
+    meta = job.get("metadata") or {}
+    return {
+        "metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
+        "spec": {"suspend": (job.get("spec") or {}).get("suspend")},
+        "status": dict(job.get("status") or {}),
+        "specDigest": job_spec_digest(job),
+    }

@@ -1,7 +1,10 @@
 """``lipsync-operator``: run kopf with the handlers, the way the Helm chart deploys it.
 
 * ``--standalone``: one replica, no peering (no kopfpeerings CRD, no RBAC for it);
-* ``--all-namespaces``: LipSyncJobs in any namespace (hence a ClusterRole);
+* ``--namespace=NS`` for each of ``LIPSYNC_JOB_NAMESPACES``: the operator watches, and acts, in
+  those namespaces only (a Role in each, nothing cluster-wide); a LipSyncJob anywhere else is
+  never seen, so it gets no Job and no status. Without the variable (development):
+  ``--all-namespaces`` (which needs a ClusterRole);
 * ``--log-format=json``: one JSON object per log line;
 * ``--liveness=http://0.0.0.0:$LIPSYNC_HEALTH_PORT/healthz`` (8080): the pod's probes.
 
@@ -16,9 +19,12 @@ from .settings import Settings
 
 
 def kopf_args(extra: list[str] | None = None, settings: Settings | None = None) -> list[str]:
-    liveness = f"http://0.0.0.0:{(settings or Settings()).health_port}/healthz"
+    """``kopf run``'s arguments for ``settings`` (default: from the environment)."""
+    settings = settings or Settings.from_env()
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz"
+    scope = [f"--namespace={ns}" for ns in settings.job_namespaces] or ["--all-namespaces"]
     return [
-        "run", "--standalone", "--all-namespaces", "--log-format=json", f"--liveness={liveness}",
+        "run", "--standalone", *scope, "--log-format=json", f"--liveness={liveness}",
         "-m", "lipsync_operator.handlers", *(extra or []),
     ]
 

@@ -1,7 +1,9 @@
 """The RBAC rules the operator needs: ONE list, in Kubernetes Role-rule form.
 
-``RULES`` is what the Helm chart's ClusterRole must grant (the chart's test compares against it;
-the operator watches all namespaces, hence a ClusterRole). It is the union of two declared
+``RULES`` is what the Helm chart's Role in each job namespace grants (``runner.jobNamespaces``;
+the chart's test compares against it). Nothing is granted cluster-wide (``CLUSTER_RULES`` is
+empty): the operator runs kopf with ``--namespace`` for each job namespace, so every request it
+makes names one of them (the end-to-end tests check that too). It is the union of two declared
 sources, and ``tests/operator/test_permissions.py`` proves all three agree:
 
 * ``OPERATOR_NEEDS``: the operator's own API calls. Every one of them goes through
@@ -9,7 +11,8 @@ sources, and ``tests/operator/test_permissions.py`` proves all three agree:
   a test checks that this list equals those declarations and that no other module talks to the
   API server.
 * ``KOPF_NEEDS``: what kopf itself calls, run as ``lipsync-operator`` runs it: ``--standalone``
-  (no peering, so no ``kopfpeerings`` / ``clusterkopfpeerings``), ``--all-namespaces``, and
+  (no peering, so no ``kopfpeerings`` / ``clusterkopfpeerings``), ``--namespace`` per job
+  namespace (listed by name: no namespace listing), and
   ``settings.scanning.disabled = True`` (no watching of ``customresourcedefinitions`` or
   ``namespaces``: the resources are discovered once at startup through the discovery endpoints
   ``/api``, ``/apis``, which every authenticated user may read via ``system:discovery``).
@@ -60,6 +63,8 @@ def merge_rules(needs: Iterable[tuple[str, ...]]) -> list[dict[str, list[str]]]:
 
 
 RULES: list[dict[str, list[str]]] = merge_rules(KOPF_NEEDS + OPERATOR_NEEDS)
+# Granted cluster-wide (a ClusterRole): nothing. A LipSyncJob outside the job namespaces is never seen.
+CLUSTER_RULES: list[dict[str, list[str]]] = []
 
 
 def allows(group: str, resource: str, verb: str, rules: Iterable[dict] = RULES) -> bool:
@@ -74,4 +79,4 @@ def allows(group: str, resource: str, verb: str, rules: Iterable[dict] = RULES) 
     return False
 
 
-__all__ = ["KOPF_NEEDS", "OPERATOR_NEEDS", "RULES", "allows", "merge_rules"]
+__all__ = ["CLUSTER_RULES", "KOPF_NEEDS", "OPERATOR_NEEDS", "RULES", "allows", "merge_rules"]

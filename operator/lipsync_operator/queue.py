@@ -1,4 +1,4 @@
-"""The GPU budget: at most N GPU Jobs exist unfinished at once; the rest wait, oldest first.
+"""The GPU budget: at most N GPU Jobs exist unfinished at once; the rest wait, fairly queued.
 
 The state is derived from the cluster, never stored: kopf's indexes of LipSyncJobs and of the
 operator's Jobs are filled from their initial listing before any handler runs, so an operator
@@ -8,8 +8,12 @@ watch event has not arrived yet (``Dispatcher.started``), so two admissions in a
 take the last slot.
 
 * counts against the budget: a LipSyncJob with a GPU Job that exists and is not finished;
-* waits: a valid, GPU-needing LipSyncJob with no Job, not finished, not being deleted;
-* order: ``creationTimestamp``, then namespace/name;
+* waits: a valid, GPU-needing LipSyncJob with no Job, not finished, not being deleted, and whose
+  status does not say a Job was already created for it (``status.jobName``: one Job, ever);
+* order: fair between namespaces (the next free slot goes to the namespace with the fewest GPU
+  Jobs running, ties to the one whose first waiting job is oldest: round-robin when all are
+  backlogged), FIFO within one (``creationTimestamp``, then the operator's first sight of the
+  object, then its uid: never its name; see :func:`fair_order`);
 * non-GPU jobs (``baseline``) never wait; with Kueue (``LIPSYNC_KUEUE_QUEUE``) nothing waits here:
   Jobs are created suspended and Kueue admits them.
 
@@ -19,7 +23,9 @@ take the last slot.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
+import heapq
 from typing import Any, Iterable
 
 Key = tuple[str, str]  # (namespace, name) of a LipSyncJob
@@ -35,12 +41,18 @@ class Candidate:
     created: str  # creationTimestamp (RFC 3339 sorts as text)
     gpu: bool
     valid: bool = True
+    error: str | None = None  # why the spec is invalid (or refused by the cluster policy)
+    error_reason: str | None = None  # InvalidSpec, NotAllowed
+    digest: str | None = None  # jobs.spec_digest of the (valid) spec
     finished: bool = False  # phase Succeeded/Failed
     deleting: bool = False
     # Every field takes part in ==: kopf replaces an index value only when the new one differs.
     phase: str | None = None
     generation: int | None = None
     job: Any = dataclasses.field(default=None, hash=False, repr=False)  # the parsed LipSyncJob
+    started: bool = False  # its status says a Job was created: never start another
+    arrival: str = ""  # when the operator first saw it (RFC 3339, microseconds): the FIFO tie-break
+    status: Any = dataclasses.field(default=None, hash=False, repr=False)  # its .status as last seen
 
     @property
     def key(self) -> Key:
@@ -48,7 +60,10 @@ class Candidate:
 
     @property
     def order(self) -> tuple[str, str, str]:
-        return self.created, self.namespace, self.name
+        """FIFO: creationTimestamp (whole seconds on a real API server), then the time the
+        operator first saw it (its watch delivers creations in order; kept in an annotation
+        across restarts), then the uid. Never the name."""
+        return self.created, self.arrival, self.uid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +76,8 @@ class JobFact:
     uid: str    # the LipSyncJob's uid
     gpu: bool
     finished: bool
+    # What the status is computed from: name, labels, spec.suspend, status (jobs.job_facts_body).
+    body: Any = dataclasses.field(default=None, hash=False, repr=False)
 
     @property
     def key(self) -> Key:
@@ -70,7 +87,7 @@ class JobFact:
 @dataclasses.dataclass(frozen=True)
 class Plan:
     start: list[Candidate]   # create their Jobs now, in this order
-    wait: list[Candidate]    # Queued, oldest first
+    wait: list[Candidate]    # Queued, in the order they would start (fair_order)
     running: int             # GPU Jobs counting against the budget (before `start`)
 
 
@@ -88,15 +105,41 @@ def plan(candidates: Iterable[Candidate], jobs: Iterable[JobFact], *, budget: in
 
     pending = sorted(
         (c for c in candidates
-         if c.valid and not c.finished and not c.deleting and c.key not in has_job),
+         if c.valid and not c.finished and not c.deleting and not c.started and c.key not in has_job),
         key=lambda c: c.order,
     )
     if kueue:
         return Plan(start=pending, wait=[], running=running)
     start = [c for c in pending if not c.gpu]
-    gpu = [c for c in pending if c.gpu]
+    per_ns = collections.Counter(j.namespace for j in jobs if j.gpu and not j.finished)
+    per_ns.update(c.namespace for c in flying if c.gpu)
+    line = fair_order([c for c in pending if c.gpu], per_ns)
     free = max(0, budget - running)
-    return Plan(start=start + gpu[:free], wait=gpu[free:], running=running)
+    return Plan(start=start + line[:free], wait=line[free:], running=running)
+
+
+def fair_order(waiting: list[Candidate], running: collections.Counter[str]) -> list[Candidate]:
+    """The order in which waiting GPU jobs get free slots: fair between namespaces, FIFO in each.
+
+    Each next slot goes to the namespace with the fewest GPU Jobs running (counting the slots
+    already handed out in this order), ties to the namespace whose first waiting job is oldest
+    (:attr:`Candidate.order`). With every namespace backlogged this is round-robin between them;
+    one namespace's 150 jobs hold back another namespace's first job for one free slot at most.
+    ``waiting`` must be in FIFO order. O(n log k) for n jobs in k namespaces.
+    """
+    lines: dict[str, collections.deque[Candidate]] = {}
+    for c in waiting:
+        lines.setdefault(c.namespace, collections.deque()).append(c)
+    heap = [(running[ns], line[0].order, ns) for ns, line in lines.items()]
+    heapq.heapify(heap)
+    out: list[Candidate] = []
+    while heap:
+        count, _, ns = heapq.heappop(heap)
+        line = lines[ns]
+        out.append(line.popleft())
+        if line:
+            heapq.heappush(heap, (count + 1, line[0].order, ns))
+    return out
 
 
 class Dispatcher:

@@ -22,7 +22,19 @@ variable                             meaning                        default
 ``LIPSYNC_RUNNER_CPU``               cpu request of the runner      (none)
 ``LIPSYNC_RUNNER_MEMORY``            memory request = limit          (none)
 ``LIPSYNC_PROGRESS_INTERVAL``        seconds between progress polls ``5``
+``LIPSYNC_RESYNC_SECONDS``           seconds between resyncs of     ``30``
+                                     every unfinished LipSyncJob
 ``LIPSYNC_METRICS_PORT``             Prometheus port (0: off)       ``9090``
+``LIPSYNC_RUNNER_EPHEMERAL_STORAGE`` ephemeral-storage request = limit (none)
+                                     of the runner (its scratch,
+                                     logs and writable layers)
+``LIPSYNC_SCRATCH_SIZE_LIMIT``       sizeLimit of the /tmp emptyDir  (none)
+``LIPSYNC_MAX_INPUT_BYTES``          passed to the runner            (runner default: 20 GiB)
+``LIPSYNC_MAX_WEIGHTS_BYTES``        passed to the runner            (runner default: 20 GiB)
+``LIPSYNC_DOWNLOAD_DEADLINE_SECONDS`` passed to the runner           (runner default: 3600)
+``LIPSYNC_JOB_NAMESPACES``          comma-separated namespaces the (unset: all namespaces, for
+                                     operator works in; LipSyncJobs  development; the chart
+                                     elsewhere are left alone        always sets it)
 ``LIPSYNC_COMMAND_POLICY``           JSON object: namespace (or     ``{}`` (no ``command`` model
                                      ``*``) → programs a ``command``  anywhere)
                                      model may run (``["*"]``: any)
@@ -37,9 +49,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Mapping
 
 from lipsync.policy import ANY, ClusterPolicy
+
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 class SettingsError(ValueError):
@@ -64,9 +80,22 @@ class Settings:
     runner_cpu: str | None = None
     runner_memory: str | None = None
     progress_interval: float = 5.0
+    resync_seconds: float = 30.0
     metrics_port: int = 9090
     health_port: int = 8080
     command_policy: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    job_namespaces: tuple[str, ...] = ()  # empty: every namespace (a ClusterRole's worth of access)
+    runner_ephemeral_storage: str | None = None
+    scratch_size_limit: str | None = None
+    max_input_bytes: int | None = None
+    max_weights_bytes: int | None = None
+    download_deadline_seconds: int | None = None
+
+    def runner_limits_env(self) -> dict[str, str]:
+        """The runner's download limits (lipsync.io.limits), where configured."""
+        pairs = (("LIPSYNC_MAX_INPUT_BYTES", self.max_input_bytes), ("LIPSYNC_MAX_WEIGHTS_BYTES", self.max_weights_bytes),
+                 ("LIPSYNC_DOWNLOAD_DEADLINE_SECONDS", self.download_deadline_seconds))
+        return {k: str(v) for k, v in pairs if v is not None}
 
     def cluster_policy(self, namespace: str) -> ClusterPolicy:
         """What a LipSyncJob in ``namespace`` may ask for (lipsync.policy), the runner's copy included."""
@@ -117,7 +146,22 @@ class Settings:
             raise SettingsError('LIPSYNC_COMMAND_POLICY must map namespaces (or "*") to lists of programs, '
                                 'e.g. {"research": ["/opt/musetalk/run.sh"]} or {"research": ["*"]}')
 
+        job_namespaces = tuple(dict.fromkeys(n.strip() for n in (text("LIPSYNC_JOB_NAMESPACES") or "").split(",")
+                                             if n.strip()))
+        bad = [n for n in job_namespaces if not _DNS1123_LABEL.match(n)]
+        if bad:
+            raise SettingsError(f"LIPSYNC_JOB_NAMESPACES: {bad[0]!r} is not a namespace name")
+
+        def optional(name: str) -> int | None:
+            return number(name, None, minimum=1) if text(name) is not None else None
+
         return cls(
+            runner_ephemeral_storage=text("LIPSYNC_RUNNER_EPHEMERAL_STORAGE"),
+            scratch_size_limit=text("LIPSYNC_SCRATCH_SIZE_LIMIT"),
+            max_input_bytes=optional("LIPSYNC_MAX_INPUT_BYTES"),
+            max_weights_bytes=optional("LIPSYNC_MAX_WEIGHTS_BYTES"),
+            download_deadline_seconds=optional("LIPSYNC_DOWNLOAD_DEADLINE_SECONDS"),
+            job_namespaces=job_namespaces,
             command_policy={k: tuple(v) for k, v in command_policy.items()},
             runner_image=text("LIPSYNC_RUNNER_IMAGE", cls.runner_image),
             runner_service_account=text("LIPSYNC_RUNNER_SERVICE_ACCOUNT"),
@@ -135,6 +179,7 @@ class Settings:
             runner_cpu=text("LIPSYNC_RUNNER_CPU"),
             runner_memory=text("LIPSYNC_RUNNER_MEMORY"),
             progress_interval=number("LIPSYNC_PROGRESS_INTERVAL", cls.progress_interval, float, minimum=0.1),
+            resync_seconds=number("LIPSYNC_RESYNC_SECONDS", cls.resync_seconds, float, minimum=0.1),
             metrics_port=number("LIPSYNC_METRICS_PORT", cls.metrics_port),
             health_port=number("LIPSYNC_HEALTH_PORT", cls.health_port, minimum=1),
         )

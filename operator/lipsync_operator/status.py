@@ -34,6 +34,7 @@ from .jobs import CONTAINER, KUEUE_QUEUE_LABEL
 
 TERMINAL = frozenset({"Succeeded", "Failed"})
 IN_PROGRESS = frozenset({"Pending", "Queued", "Running"})
+BEFORE_RUNNING = frozenset({"Pending", "Queued"})
 IMMUTABLE_MESSAGE = "spec is immutable once rendering started: delete and re-apply"
 
 
@@ -163,6 +164,11 @@ def conditions(phase: str, reason: str | None, message: str | None, generation: 
         ("Reconciling", not (done_ok or failed), phase, message if not (done_ok or failed) else None),
         ("Stalled", failed, reason or "Failed" if failed else phase, message if failed else None),
     ]
+    return _conditions(want, generation, previous, now)
+
+
+def _conditions(want: list[tuple[str, bool, str, str | None]], generation: int | None,
+                previous: Iterable[Mapping[str, Any]] | None, now: str) -> list[dict[str, Any]]:
     prev = {c.get("type"): c for c in previous or []}
     out = []
     for type_, on, why, text in want:
@@ -182,7 +188,8 @@ def build(current: Mapping[str, Any] | None, *, phase: str, generation: int | No
           reason: str | None = None, message: str | None = None, **fields: Any) -> dict[str, Any]:
     """The full new status: ``current`` with ``fields`` applied, phase, reason, message, conditions.
 
-    A terminal phase is never left: if ``current`` is terminal, it is returned unchanged.
+    Phases never go backwards: if ``current`` is terminal it is returned unchanged, and a Running
+    status asked to become Pending or Queued (a pod retried after an eviction) stays Running.
     The message is redacted (``lipsync.redact``): status and Events are read by the whole namespace.
     """
     if message:
@@ -190,6 +197,8 @@ def build(current: Mapping[str, Any] | None, *, phase: str, generation: int | No
     current = dict(current or {})
     if current.get("phase") in TERMINAL:
         return current
+    if current.get("phase") == "Running" and phase in BEFORE_RUNNING:
+        phase = "Running"  # between attempts (a retried pod): the render is under way, not back in line
     new = dict(current)
     new.update({k: v for k, v in fields.items()})
     new["phase"] = phase
@@ -214,7 +223,8 @@ def queued(current: Mapping[str, Any] | None, *, generation: int | None, now: st
         message = f"waiting for Kueue to admit the Job (queue {kueue})"
         reason = "WaitingForKueue"
     else:
-        message = f"waiting for a GPU: at most {budget} GPU jobs run at once, oldest first"
+        message = (f"waiting for a GPU: at most {budget} GPU jobs run at once, shared between namespaces "
+                   "in turn, oldest first within one")
         reason = "WaitingForGPU"
     return build(current, phase="Queued", reason=reason, message=message, generation=generation, now=now,
                  progress=(current or {}).get("progress") or 0)
@@ -226,6 +236,10 @@ def from_job(current: Mapping[str, Any] | None, job: Mapping[str, Any], pods: li
     current = dict(current or {})
     jstatus = job.get("status") or {}
     name = job_name or (job.get("metadata") or {}).get("name")
+    if name and current.get("phase") not in TERMINAL:
+        current["jobName"] = name  # a Job was created: never another (see controller.reconcile)
+        if job.get("specDigest"):
+            current["specDigest"] = job["specDigest"]  # the spec it renders
     outcomes = [o for o in (pod_outcome(p) for p in pods) if o is not None]
     finished = job_finished(job)
 
@@ -289,6 +303,19 @@ def from_job(current: Mapping[str, Any] | None, job: Mapping[str, Any], pods: li
     )
 
 
+def published(current: Mapping[str, Any] | None, found: Mapping[str, Any], *, generation: int | None,
+              now: str, job_name: str) -> dict[str, Any]:
+    """Succeeded from a published ``metrics.json`` (its Job gone before its outcome was seen)."""
+    current = dict(current or {})
+    artifacts = found.get("artifacts") if isinstance(found.get("artifacts"), dict) else None
+    return build(
+        current, phase="Succeeded", generation=generation, now=now, reason=None,
+        message=f"rendered by Job {job_name} (the Job is gone; its published metrics.json says so)",
+        progress=100, stage="done", artifacts=artifacts or current.get("artifacts"), jobName=job_name,
+        startedAt=current.get("startedAt") or now, finishedAt=now,
+    )
+
+
 def with_progress(current: Mapping[str, Any] | None, progress: int, stage: str | None) -> dict[str, Any]:
     """``current`` with a new progress/stage, if it is Running; progress never goes backwards."""
     current = dict(current or {})
@@ -299,6 +326,58 @@ def with_progress(current: Mapping[str, Any] | None, progress: int, stage: str |
     if stage:
         new["stage"] = stage
     return new
+
+
+_REFUSED_DETAIL = " (the status describes the spec being rendered: "
+
+
+def base_message(message: str | None) -> str | None:
+    """A status message without the refusal note :func:`observe` puts in front of it."""
+    if not message or not message.startswith(IMMUTABLE_MESSAGE):
+        return message
+    rest = message[len(IMMUTABLE_MESSAGE):]
+    if rest.startswith(_REFUSED_DETAIL) and rest.endswith(")"):
+        return rest[len(_REFUSED_DETAIL):-1] or None
+    return None if not rest else message
+
+
+def refused(st: Mapping[str, Any] | None) -> bool:
+    """Whether a status carries a spec refusal (Stalled=True, reason SpecImmutable)."""
+    return any(c.get("type") == "Stalled" and c.get("status") == "True" and c.get("reason") == "SpecImmutable"
+               for c in (st or {}).get("conditions") or [])
+
+
+def observe(new: Mapping[str, Any], *, generation: int | None, spec_refused: bool, now: str) -> dict[str, Any]:
+    """kstatus for the generation the operator has now seen: ``observedGeneration`` = ``generation``.
+
+    ``spec_refused``: that generation's spec differs from the spec its Job renders (an edit made
+    once the Job existed). Then whatever the phase (the earlier render goes on, or has ended),
+    ``Stalled=True``, ``Ready=False`` and ``Reconciling=False``, all with reason ``SpecImmutable``,
+    and the message says so first: ``kubectl wait --for=condition=Ready``, Argo CD (Degraded) and
+    Flux (failed) all see the refusal, never a Ready for a spec that was not rendered. When the
+    spec is reverted, the conditions are those of the phase again.
+    """
+    st = dict(new)
+    if not st.get("phase"):
+        return st
+    base = base_message(st.get("message"))
+    if spec_refused:
+        text = IMMUTABLE_MESSAGE + (f"{_REFUSED_DETAIL}{base})" if base else "")
+        st["message"] = text
+        st["conditions"] = _conditions([
+            ("Ready", False, "SpecImmutable", text),
+            ("Reconciling", False, "SpecImmutable", None),
+            ("Stalled", True, "SpecImmutable", text),
+        ], generation, st.get("conditions"), now)
+    else:
+        if base:
+            st["message"] = base
+        else:
+            st.pop("message", None)
+        st["conditions"] = conditions(st["phase"], st.get("reason"), base, generation, st.get("conditions"), now)
+    if generation is not None:
+        st["observedGeneration"] = generation
+    return st
 
 
 def merge_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,10 @@ author is one of many teams, so the operator (before it makes a Job) and the run
 in-cluster mode, ``LIPSYNC_IN_CLUSTER=1``, which the operator's Job sets) both apply
 :func:`check` with the same :class:`ClusterPolicy`:
 
+* **locations**: inputs are ``s3://`` or ``https://``, the output is ``s3://``; a local path,
+  ``file://`` (the container's own files), or ``http://`` (plain text, and a probe of internal
+  addresses through status messages) is refused with ``InvalidSpec``. (``.``/``..`` segments are
+  refused in every URI by the schema itself, in and out of a cluster.)
 * **programs**: a ``command`` model runs a program the author chose; it is refused unless the
   operator's ``LIPSYNC_COMMAND_POLICY`` allows that program in that namespace (reason
   ``NotAllowed``). The allowed programs reach the runner as ``LIPSYNC_ALLOW_COMMANDS``.
@@ -62,8 +66,23 @@ def in_cluster(env: Mapping[str, str] | None = None) -> bool:
     return env.get(IN_CLUSTER_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
+INPUT_SCHEMES = ("s3://", "https://")
+OUTPUT_SCHEMES = ("s3://",)
+
+
 def check(spec: LipSyncJobSpec, policy: ClusterPolicy, *, namespace: str | None = None) -> None:
-    """Raise NotAllowed (or InvalidSpec) if ``spec`` asks for more than a cluster job may."""
+    """Raise InvalidSpec or NotAllowed if ``spec`` asks for more than a cluster job may."""
+    fields = [("spec.video", spec.video, INPUT_SCHEMES), ("spec.audio", spec.audio, INPUT_SCHEMES),
+              ("spec.output.uri", spec.output.uri, OUTPUT_SCHEMES)]
+    if spec.model.weights:
+        fields.append(("spec.model.weights", spec.model.weights, INPUT_SCHEMES))
+    for field, uri, schemes in fields:
+        if not uri.lower().startswith(schemes):
+            kinds = " or ".join(f"an {s}... URI" if s.startswith("https") else f"an {s}bucket/key URI" for s in schemes)
+            raise InvalidSpec(
+                f"{field} {uri!r}: in a cluster it must be {kinds}; local paths, file:// and http:// are "
+                "refused (they name the pod's own files, vanish with it, or reach internal addresses)",
+                stage="validate")
     model = spec.model
     if model.name in PROGRAM_MODELS:
         program = (model.command or [""])[0]

@@ -40,6 +40,9 @@ class _Model(BaseModel):
     )
 
 
+_DOT_SEGMENT = re.compile(r"(^|/)(\.|%2e){1,2}(/|$)", re.I)
+
+
 def _check_uri(value: str, *, field: str) -> str:
     value = value.strip()
     if not value:
@@ -49,6 +52,13 @@ def _check_uri(value: str, *, field: str) -> str:
         raise ValueError(f"{field} has unsupported scheme {scheme!r}: give {_URI_HELP}")
     if scheme == "s3" and not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", value):
         raise ValueError(f"{field} {value!r} is not s3://bucket/key with a valid bucket name")
+    path = value.split("://", 1)[-1]
+    if scheme in ("http", "https"):
+        path = path.split("?", 1)[0].split("#", 1)[0]  # S3 keys may hold '?' and '#'; URLs end there
+    if scheme and _DOT_SEGMENT.search(path):
+        # S3 keys and URL paths are names, not folders to climb: 'a/../b' would be read as one
+        # object by a store and as another by a cache or a policy check.
+        raise ValueError(f"{field} {value!r} has a '.' or '..' segment: write the path without them")
     return value
 
 
@@ -257,6 +267,12 @@ class LipSyncJobStatus(_Model):
     reason: str | None = Field(None, description="Why it failed: a reason code such as NoFaceFound or InvalidWeights.")
     message: str | None = Field(None, description="What happened and what to do, for a person.")
     observed_generation: int | None = Field(None, description="The spec generation this status describes.")
+    job_name: str | None = Field(
+        None, description="The batch/v1 Job that renders this LipSyncJob; set once it is created. A LipSyncJob "
+        "gets at most one Job: without it, the outcome comes from the published metrics.json, else JobDeleted.")
+    spec_digest: str | None = Field(
+        None, description="sha256 of the spec the Job renders; a later spec that differs is refused "
+        "(Stalled=True, reason SpecImmutable) until it is reverted.")
     conditions: list[Condition] | None = Field(
         None, description="kstatus conditions Ready, Reconciling and Stalled, as Argo CD and Flux read them.")
 

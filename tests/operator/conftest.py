@@ -8,6 +8,7 @@ The test plays the Job controller and kubelet by writing Job status and pods thr
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -15,8 +16,9 @@ from typing import Any, Callable, Iterator
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[2]))  # the repository root: tests.k8s_helpers, tests.s3server
 
-from kubesim import OBSERVED, Cluster, rbac_of  # noqa: E402
+from kubesim import OBSERVED, Cluster, namespace_of, rbac_of  # noqa: E402
 
 from lipsync_operator.permissions import RULES, allows  # noqa: E402
 
@@ -26,6 +28,7 @@ OPERATOR_ENV = {
     "LIPSYNC_PROGRESS_INTERVAL": "0.2",
     "LIPSYNC_METRICS_PORT": "0",
     "LIPSYNC_S3_SECRET": "s3-credentials",
+    "LIPSYNC_JOB_NAMESPACES": "renders",  # kubesim.NS: as the chart runs it, namespaced
 }
 
 
@@ -44,6 +47,11 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
         OBSERVED.update(need for _, _, need in made)
         denied = sorted({(m, p, need) for m, p, need in made if not allows(*need, RULES)})
         assert not denied, f"requests not covered by permissions.RULES: {denied}"
+        # ... and granted by a Role in a job namespace: no cluster-wide request, none elsewhere.
+        managed = set(filter(None, os.environ.get("LIPSYNC_JOB_NAMESPACES", "").split(",")))
+        if managed:
+            outside = sorted({(m, p) for m, p, _ in made if namespace_of(p) not in managed})
+            assert not outside, f"requests outside the job namespaces {sorted(managed)}: {outside}"
     finally:
         c.close()
 

@@ -7,7 +7,8 @@ this module adds (kmock's docs invite subclassing for "special" fields):
 
 * watches that start after ``?resourceVersion=`` (kmock replays every object as ADDED, so a
   LIST-then-WATCH client such as kopf would see each object twice, the second time stale);
-* server-managed metadata: ``metadata.generateName``, ``uid``, ``creationTimestamp``, ``generation`` (bumped on spec
+* server-managed metadata: ``metadata.generateName``, ``uid``, ``creationTimestamp`` (whole seconds,
+  as a real server stores it), ``generation`` (bumped on spec
   changes) and ``resourceVersion`` (bumped on every write, so kopf's JSON-patch ``test`` of the
   resourceVersion, which guards its finalizer changes, behaves as on a real server);
 * a failed JSON-patch ``test`` answers 422, as a real server does (kmock: 500), so kopf
@@ -65,8 +66,9 @@ TEST_AGENT = "kubesim-test"  # the tests' own requests, told apart from the oper
 LOG_PATH = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/log$")
 
 
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+def now_iso(seconds: bool = False) -> str:
+    spec = "seconds" if seconds else "microseconds"
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec=spec).replace("+00:00", "Z")
 
 
 class Served(NamedTuple):
@@ -154,7 +156,7 @@ class ApiServer(kmock.KubernetesEmulator):
             if not meta.get("name") and meta.get("generateName"):  # kopf's Events use generateName
                 meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
             meta.setdefault("uid", str(uuid.uuid4()))
-            meta.setdefault("creationTimestamp", now_iso())
+            meta.setdefault("creationTimestamp", now_iso(seconds=True))  # a real server keeps whole seconds
             meta.setdefault("generation", 1)
             if request.namespace and not meta.get("namespace"):
                 meta["namespace"] = request.namespace
@@ -390,6 +392,13 @@ class Cluster:
                 return last
             time.sleep(every)
         raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last!r}")
+
+
+def namespace_of(path: str) -> str | None:
+    """The namespace a request's path names, None for a cluster-wide one."""
+    parts = path.strip("/").split("/")
+    rest = parts[2:] if parts[0] == "api" else parts[3:]
+    return rest[1] if len(rest) >= 3 and rest[0] == "namespaces" else None
 
 
 def rbac_of(method: str, path: str, query: dict[str, str]) -> tuple[str, str, str] | None:

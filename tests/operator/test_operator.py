@@ -232,14 +232,16 @@ def test_evicted_pod_is_retried_not_failed(cluster, run_operator):
         wait_status(cluster, "evict-me", phase="Running")
         end_pod(cluster, pod1, exit_code=143, disrupted=True)
         cluster.patch(JOBS, NS, job["metadata"]["name"], {"status": {"active": 0, "ready": 0}}, sub="status")
-        st = wait_status(cluster, "evict-me", phase="Pending")
-        assert "retrying" in st["message"] and "EvictionByEvictionAPI" in st["message"]
+        st = cluster.wait(lambda: "retrying" in (status_of(cluster, "evict-me").get("message") or "")
+                          and status_of(cluster, "evict-me"), message="the retry note")
+        assert "EvictionByEvictionAPI" in st["message"]
+        assert st["phase"] == "Running"  # phases never go backwards: the render is under way
         pod2 = start_pod(cluster, job, attempt=2)
         wait_status(cluster, "evict-me", phase="Running")
         end_pod(cluster, pod2, exit_code=0, message=result_json(name="evict-me"))
         finish_job(cluster, job, ok=True)
         wait_status(cluster, "evict-me", phase="Succeeded")
-    assert "Failed" not in cluster.phases(NS, "evict-me")
+    assert cluster.phases(NS, "evict-me") == ["Pending", "Running", "Succeeded"]
     assert len(cluster.list(JOBS, NS)) == 1
 
 
@@ -343,7 +345,7 @@ def test_refused_job_creation_is_reported_and_retried(cluster, run_operator):
         cr = cluster.create(CRS, lipsyncjob("quota"))
         st = wait_status(cluster, "quota", reason="JobCreateFailed")
         assert st["phase"] == "Pending" and "exceeded quota" in st["message"]
-        the_job(cluster, cr)  # the safety-net dispatch (every 5 s) tries again
+        the_job(cluster, cr)  # the dispatch is retried with backoff
         st = cluster.wait(lambda: status_of(cluster, "quota").get("reason") is None and status_of(cluster, "quota"),
                           message="the error cleared")
     assert st["phase"] == "Pending" and "created" in st["message"]

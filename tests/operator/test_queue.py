@@ -17,11 +17,38 @@ def names(cs):
     return [c.name for c in cs]
 
 
-def test_at_most_budget_oldest_first_then_by_name():
-    cs = [cand("c", 3), cand("a", 1), cand("b2", 2), cand("b1", 2), cand("d", 4)]
+def test_at_most_budget_oldest_first_then_first_seen_never_by_name():
+    # b2 and b1 were created in the same second (creationTimestamp has whole seconds); b2 first.
+    cs = [cand("c", 3), cand("a", 1), cand("b2", 2, arrival="2026-01-01T00:00:02.100000Z"),
+          cand("b1", 2, arrival="2026-01-01T00:00:02.300000Z"), cand("d", 4)]
     p = plan(cs, [], budget=2)
-    assert names(p.start) == ["a", "b1"]
-    assert names(p.wait) == ["b2", "c", "d"]
+    assert names(p.start) == ["a", "b2"]
+    assert names(p.wait) == ["b1", "c", "d"]
+
+
+def ns_cand(ns, name, t):
+    return Candidate(namespace=ns, name=name, uid=f"uid-{ns}-{name}", created=f"2026-01-01T00:{t // 60:02d}:{t % 60:02d}Z",
+                     gpu=True)
+
+
+def test_one_namespaces_backlog_does_not_hold_back_anothers_first_job():
+    team_a = [ns_cand("a", f"j{i:03d}", i) for i in range(150)]
+    late = ns_cand("b", "first", 200)
+    running = [JobFact(namespace="a", name=f"lipsync-{c.name}", owner=c.name, uid=c.uid, gpu=True, finished=False)
+               for c in team_a[:2]]
+    p = plan(team_a[2:] + [late], running, budget=2)
+    assert p.start == [] and p.wait[0] is late  # next in line
+    running[0] = JobFact(**{**running[0].__dict__, "finished": True})  # a slot frees
+    p = plan(team_a[2:] + [late], running, budget=2)
+    assert p.start == [late]
+
+
+def test_backlogged_namespaces_take_turns_fifo_within_each():
+    cs = [ns_cand(ns, f"{ns}{i}", t) for t, (ns, i) in enumerate(
+        [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("c", 1), ("b", 2)])]
+    p = plan(cs, [], budget=3)
+    assert names(p.start) == ["a1", "b1", "c1"]
+    assert names(p.wait) == ["a2", "b2", "a3"]
 
 
 def test_running_jobs_count_finished_ones_free_their_slot():
@@ -60,3 +87,9 @@ def test_kueue_starts_everything():
 def test_zero_budget_queues_all_gpu_jobs():
     p = plan([cand("a", 1), cand("b", 2, gpu=False)], [], budget=0)
     assert names(p.start) == ["b"] and names(p.wait) == ["a"]
+
+
+def test_a_job_whose_status_says_its_job_was_created_never_starts_again():
+    """After a restart its Job is gone (deleted, or removed by its TTL): no second Job."""
+    p = plan([cand("a", 1, started=True), cand("b", 2)], [], budget=5)
+    assert names(p.start) == ["b"] and p.wait == []

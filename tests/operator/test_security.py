@@ -133,3 +133,53 @@ def test_the_runner_refuses_a_command_the_job_env_does_not_allow(tmp_path):
         assert proc.returncode == 25, proc.stdout + proc.stderr
         assert json.loads(result.read_text())["reason"] == reason
         assert "ran" not in proc.stdout
+
+
+BAD_LOCATIONS = {
+    "local-out": {"output": {"uri": "/tmp/out"}},
+    "file-in": {"video": "file:///etc/passwd"},
+    "relative-in": {"audio": "speech.wav"},
+    "http-in": {"audio": "http://10.0.0.1:8080/speech.wav"},
+    "dotdot-out": {"output": {"uri": "s3://media/out/team-a/../team-b"}},
+    "dotdot-in": {"video": "s3://media/in/../private/face.mp4"},
+}
+
+
+def test_in_cluster_specs_take_remote_uris_only(cluster, run_operator):
+    with run_operator():
+        for name, spec in BAD_LOCATIONS.items():
+            cluster.create(CRS, lipsyncjob(name, model={"name": "baseline"}, **spec))
+        for name, spec in BAD_LOCATIONS.items():
+            st = wait_status(cluster, name, phase="Failed")
+            assert st["reason"] == "InvalidSpec", (name, st)
+            field = "spec.output.uri" if "output" in spec else f"spec.{next(iter(spec))}"
+            assert field in st["message"], (name, st["message"])
+    assert cluster.list(JOBS, NS) == []
+
+
+def test_the_runner_in_cluster_mode_refuses_local_paths(tmp_path):
+    doc = {"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
+           "metadata": {"name": "x", "namespace": "team-a", "uid": "u"},
+           "spec": {"video": "/etc/hostname", "audio": "s3://media/a.wav", "output": {"uri": "s3://media/out"}}}
+    result = tmp_path / "result.json"
+    env = {"LIPSYNC_JOB": json.dumps(doc), "LIPSYNC_IN_CLUSTER": "1", "LIPSYNC_RESULT_FILE": str(result)}
+    proc = run_cli("run", "--job-env", "LIPSYNC_JOB", "--log-format", "json", env=env)
+    assert proc.returncode == 10, proc.stdout + proc.stderr
+    assert "spec.video" in json.loads(result.read_text())["message"]
+
+
+def test_a_lipsyncjob_in_an_unmanaged_namespace_gets_no_job(cluster, run_operator):
+    """The operator works in LIPSYNC_JOB_NAMESPACES only (here: renders); the cluster fixture also
+    checks that it made no request outside them."""
+    with run_operator():
+        cluster.create(CRS, lipsyncjob("intruder", namespace="kube-system", model={"name": "baseline"}))
+        cluster.create(CRS, lipsyncjob("elsewhere", namespace="team-b", model={"name": "baseline"}))
+        cluster.create(CRS, lipsyncjob("ours", model={"name": "baseline"}))
+        cluster.wait(lambda: cluster.list(JOBS, NS), message="the managed namespace's Job")
+        import time
+
+        time.sleep(1.0)  # time enough for a cluster-wide operator to have acted
+        for ns, name in (("kube-system", "intruder"), ("team-b", "elsewhere")):
+            assert cluster.list(JOBS, ns) == []
+            assert (cluster.get(CRS, ns, name) or {}).get("status") is None  # left alone
+            assert not (cluster.get(CRS, ns, name) or {}).get("metadata", {}).get("finalizers")

@@ -61,7 +61,7 @@ def test_console_script_fails_fast_naming_the_variable(monkeypatch, capsys):
 def test_console_script_runs_kopf_standalone_clusterwide_json_with_liveness():
     from lipsync_operator.main import kopf_args
 
-    args = kopf_args(["--verbose"])
+    args = kopf_args(["--verbose"], Settings.from_env({}))
     assert args[0] == "run" and "--standalone" in args and "--all-namespaces" in args
     assert "--log-format=json" in args and "--liveness=http://0.0.0.0:8080/healthz" in args
     assert args[args.index("-m") + 1] == "lipsync_operator.handlers" and args[-1] == "--verbose"
@@ -75,3 +75,15 @@ def test_command_policy_per_namespace_and_for_all():
     assert Settings.from_env({}).cluster_policy("research").commands == ()  # refused unless allowed
     with pytest.raises(SettingsError, match="LIPSYNC_COMMAND_POLICY"):
         Settings.from_env({"LIPSYNC_COMMAND_POLICY": '{"research": "/bin/sh"}'})
+
+
+def test_job_namespaces_scope_the_operator():
+    from lipsync_operator.main import kopf_args
+
+    s = Settings.from_env({"LIPSYNC_JOB_NAMESPACES": "renders, team-b,renders"})
+    assert s.job_namespaces == ("renders", "team-b")
+    args = kopf_args(settings=s)
+    assert "--namespace=renders" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+    assert "--all-namespaces" in kopf_args(settings=Settings.from_env({}))
+    with pytest.raises(SettingsError, match="LIPSYNC_JOB_NAMESPACES"):
+        Settings.from_env({"LIPSYNC_JOB_NAMESPACES": "Bad_Name"})

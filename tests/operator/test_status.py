@@ -98,8 +98,48 @@ def test_failure_reason_from_oom_and_job_conditions():
 def test_disrupted_pod_means_retry_not_failure():
     st = S.from_job({"phase": "Running", "startedAt": NOW}, job(active=1, ready=0),
                     [pod("Failed", exit_code=143, disrupted=True)], generation=1, now=LATER)
-    assert st["phase"] == "Pending" and "retrying" in st["message"] and "PreemptionByScheduler" in st["message"]
+    # Phases never go backwards: a render that ran stays Running while its pod is retried.
+    assert st["phase"] == "Running" and "retrying" in st["message"] and "PreemptionByScheduler" in st["message"]
     assert st["startedAt"] == NOW
+    fresh = S.from_job({"phase": "Pending"}, job(active=1, ready=0),
+                       [pod("Failed", exit_code=143, disrupted=True)], generation=1, now=LATER)
+    assert fresh["phase"] == "Pending"  # never ran: still waiting for its pod
+
+
+def test_phases_never_go_backwards():
+    assert S.build({"phase": "Running"}, phase="Queued", generation=1, now=NOW)["phase"] == "Running"
+    assert S.build({"phase": "Succeeded"}, phase="Failed", generation=1, now=NOW)["phase"] == "Succeeded"
+    assert S.build({"phase": "Queued"}, phase="Pending", generation=1, now=NOW)["phase"] == "Pending"
+
+
+def test_from_job_records_the_job_and_the_spec_it_renders():
+    j = job(active=1, ready=0)
+    j["specDigest"] = "abc"
+    st = S.from_job({}, j, [], generation=1, now=NOW, job_name="lipsync-x-1")
+    assert st["jobName"] == "lipsync-x-1" and st["specDigest"] == "abc"
+
+
+def _cond(st, t):
+    return next((c["status"], c["reason"]) for c in st["conditions"] if c["type"] == t)
+
+
+def test_observe_refused_spec_is_stalled_whatever_the_phase_and_reverts():
+    for phase in ("Running", "Succeeded", "Failed"):
+        base = S.build({}, phase=phase, generation=1, now=NOW, message="rendering in Job j",
+                       reason="NoFaceFound" if phase == "Failed" else None)
+        st = S.observe(base, generation=2, spec_refused=True, now=LATER)
+        assert st["observedGeneration"] == 2 and st["phase"] == phase
+        assert [_cond(st, t) for t in ("Ready", "Reconciling", "Stalled")] == [
+            ("False", "SpecImmutable"), ("False", "SpecImmutable"), ("True", "SpecImmutable")]
+        assert st["message"].startswith(S.IMMUTABLE_MESSAGE) and "rendering in Job j" in st["message"]
+        assert S.refused(st)
+        again = S.observe(st, generation=2, spec_refused=True, now=LATER)
+        assert again == st  # idempotent: no second write
+        back = S.observe(st, generation=3, spec_refused=False, now=LATER)
+        assert back["message"] == "rendering in Job j" and not S.refused(back)
+        assert back["observedGeneration"] == 3
+        assert _cond(back, "Ready")[0] == ("True" if phase == "Succeeded" else "False")
+        assert all(c["observedGeneration"] == 3 for c in back["conditions"])
 
 
 def test_suspended_job_is_queued_for_kueue():

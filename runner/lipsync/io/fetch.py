@@ -1,8 +1,8 @@
 """Fetch: turn an input URI into a local file.
 
 Local paths are used in place (never copied, never modified). https:// is streamed into the
-scratch folder with a size limit, retrying transient faults with backoff. s3:// goes through
-``lipsync.io.s3`` (the minio client).
+scratch folder with a size limit and an overall deadline (``lipsync.io.limits``), retrying
+transient faults with backoff. s3:// goes through ``lipsync.io.s3`` (the minio client).
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import AccessDenied, InputNotFound, InputTooLarge, StorageUnavailable
+from . import limits
+from .limits import Deadline
 
-DEFAULT_MAX_BYTES = 20 * 1024**3
+DEFAULT_MAX_BYTES = limits.DEFAULT_MAX_BYTES
+READ_TIMEOUT_S = 30.0  # per socket read; the deadline bounds the whole download
 
 
 def is_remote(uri: str) -> bool:
@@ -30,14 +33,16 @@ def local_path(uri: str) -> Path:
     return Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
 
 
-def fetch(uri: str, scratch: Path, *, field: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Path, str]:
+def fetch(uri: str, scratch: Path, *, field: str, max_bytes: int | None = None) -> tuple[Path, str]:
     """A local file holding ``uri``'s bytes, and their sha256 (hashed as they stream in).
-    ``field`` (e.g. 'spec.video') names the input in errors."""
+    ``field`` (e.g. 'spec.video') names the input in errors; ``max_bytes`` defaults to its limit
+    (``lipsync.io.limits``), and a download gets one deadline, retries included."""
     dest = scratch / f"input-{field.rsplit('.', 1)[-1]}{Path(urlparse(uri).path).suffix}"
+    max_bytes = limits.max_bytes_for(field) if max_bytes is None else max_bytes
     if uri.startswith("s3://"):
         from . import s3
 
-        return dest, s3.download(uri, dest, max_bytes=max_bytes)
+        return dest, s3.download(uri, dest, max_bytes=max_bytes, limit_name=limits.limit_name(field))
     if uri.startswith(("https://", "http://")):
         return dest, _download_http(uri, dest, field=field, max_bytes=max_bytes)
     path = local_path(uri)
@@ -48,35 +53,43 @@ def fetch(uri: str, scratch: Path, *, field: str, max_bytes: int = DEFAULT_MAX_B
 
 
 def _download_http(url: str, dest: Path, *, field: str, max_bytes: int) -> str:
-    deadline = time.monotonic() + float(os.environ.get("LIPSYNC_HTTP_RETRY_SECONDS", "60"))
+    retry_until = time.monotonic() + float(os.environ.get("LIPSYNC_HTTP_RETRY_SECONDS", "60"))
+    deadline = Deadline()
     attempt = 0
     while True:
         try:
-            return _download_once(url, dest, field=field, max_bytes=max_bytes)
+            return _download_once(url, dest, field=field, max_bytes=max_bytes, deadline=deadline)
         except StorageUnavailable:
             attempt += 1
             delay = min(30.0, 0.5 * 2**attempt) * random.random()
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() + delay > min(retry_until, deadline.end):
                 raise
             time.sleep(delay)
 
 
-def _download_once(url: str, dest: Path, *, field: str, max_bytes: int) -> str:
+def _download_once(url: str, dest: Path, *, field: str, max_bytes: int, deadline: Deadline) -> str:
     tmp = dest.with_name(dest.name + ".part")
     digest = hashlib.sha256()
     req = urllib.request.Request(url, headers={"User-Agent": "lipsync-runner"})
+    limit = limits.limit_name(field)
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp, open(tmp, "wb") as out:
+        deadline.check(f"{field} {url}")
+        timeout = max(0.5, min(READ_TIMEOUT_S, deadline.remaining()))
+        with urllib.request.urlopen(req, timeout=timeout) as resp, open(tmp, "wb") as out:
             length = resp.headers.get("Content-Length")
             if length and int(length) > max_bytes:
-                raise InputTooLarge(f"{field} {url} is {int(length)} bytes, over the limit of {max_bytes}", stage="fetch")
+                raise InputTooLarge(f"{field} {url} is {int(length)} bytes, over the limit of {max_bytes} ({limit})",
+                                    stage="fetch")
             copied = 0
-            while chunk := resp.read(1 << 20):
+            # read1: whatever has arrived (a server dripping bytes cannot hold one read open), then
+            # the deadline is checked; each socket read also times out.
+            while chunk := resp.read1(1 << 20):
                 copied += len(chunk)
                 if copied > max_bytes:
-                    raise InputTooLarge(f"{field} {url} is over the limit of {max_bytes} bytes", stage="fetch")
+                    raise InputTooLarge(f"{field} {url} is over the limit of {max_bytes} bytes ({limit})", stage="fetch")
                 digest.update(chunk)
                 out.write(chunk)
+                deadline.check(f"{field} {url}", copied)
     except urllib.error.HTTPError as e:
         tmp.unlink(missing_ok=True)
         if e.code in (401, 403):

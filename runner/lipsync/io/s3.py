@@ -49,6 +49,8 @@ from minio.commonconfig import ComposeSource
 from minio.error import MinioException, S3Error, ServerError
 from minio.helpers import MAX_MULTIPART_COUNT, MIN_PART_SIZE, check_bucket_name
 
+from . import limits
+from .limits import Deadline
 from ..errors import (
     AccessDenied,
     InputNotFound,
@@ -278,51 +280,57 @@ class _Fetched:
     etag: str
 
 
-def _stream_to(client: Minio, bucket: str, key: str, uri: str, out: Path, max_bytes: int | None) -> _Fetched:
+def _stream_to(client: Minio, bucket: str, key: str, uri: str, out: Path, max_bytes: int | None,
+               deadline: Deadline, limit_name: str) -> _Fetched:
     """One attempt: the whole object into ``out`` (truncated first), hashed on the way."""
+    deadline.check(uri)
     response = client.get_object(bucket, key)
     try:
         length = int(response.headers.get("content-length", "0"))
         if max_bytes is not None and length > max_bytes:
-            raise InputTooLarge(f"{uri} is {length} bytes, over the limit of {max_bytes} bytes")
+            raise InputTooLarge(f"{uri} is {length} bytes, over the limit of {max_bytes} bytes ({limit_name})")
         digest = hashlib.sha256()
         size = 0
         with out.open("wb") as f:
-            for chunk in response.stream(_CHUNK):
+            # read1: what has arrived, so a server dripping bytes cannot outlast the deadline.
+            while chunk := response.read1(_CHUNK):
                 size += len(chunk)
                 if max_bytes is not None and size > max_bytes:
-                    raise InputTooLarge(f"{uri} is over the limit of {max_bytes} bytes")
+                    raise InputTooLarge(f"{uri} is over the limit of {max_bytes} bytes ({limit_name})")
                 digest.update(chunk)
                 f.write(chunk)
+                deadline.check(uri, size)
         return _Fetched(digest.hexdigest(), response.headers.get("etag", "").strip('"'))
     finally:
         response.close()
         response.release_conn()
 
 
-def _fetch(uri: str, dest: Path, max_bytes: int | None) -> _Fetched:
+def _fetch(uri: str, dest: Path, max_bytes: int | None, deadline: Deadline | None = None,
+           limit_name: str = limits.MAX_INPUT_ENV) -> _Fetched:
     """The object at ``uri`` into ``dest``, which appears only once complete.
 
     A retry starts the object over: inputs are minutes of video, not worth the bookkeeping of
-    resuming ranges.
+    resuming ranges. One deadline covers every attempt (``lipsync.io.limits``).
     """
     bucket, key = _object_key(uri)
     client = client_from_env()
+    deadline = deadline or Deadline()
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     os.close(fd)
     part = Path(name)
     try:
-        fetched = _retry(uri, lambda: _stream_to(client, bucket, key, uri, part, max_bytes))
+        fetched = _retry(uri, lambda: _stream_to(client, bucket, key, uri, part, max_bytes, deadline, limit_name))
         os.replace(part, dest)
         return fetched
     finally:
         part.unlink(missing_ok=True)
 
 
-def download(uri: str, dest: Path, *, max_bytes: int | None = None) -> str:
+def download(uri: str, dest: Path, *, max_bytes: int | None = None, limit_name: str = limits.MAX_INPUT_ENV) -> str:
     """Stream ``uri`` to ``dest``; return the sha256 hex of its bytes (for metrics.json)."""
-    return _fetch(uri, Path(dest), max_bytes).sha256
+    return _fetch(uri, Path(dest), max_bytes, limit_name=limit_name).sha256
 
 
 _fetch_locks: dict[str, threading.Lock] = {}
@@ -357,7 +365,7 @@ def download_cached(uri: str, cache_dir: Path) -> Path:
         if cached.is_file():
             return cached
         incoming = cache_dir / ".incoming" / secrets.token_hex(8)
-        fetched = _fetch(uri, incoming, None)
+        fetched = _fetch(uri, incoming, limits.max_weights_bytes(), limit_name=limits.MAX_WEIGHTS_ENV)
         target = _cache_path(cache_dir, uri, fetched.etag)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(incoming, target)
@@ -387,6 +395,11 @@ def download_prefix(uri_prefix: str, dest_dir: Path) -> Path:
     objects = [o for o in listing if not o.is_dir and not o.object_name.endswith("/")]
     if not objects:
         raise InputNotFound(f"{uri_prefix}: no objects under this prefix")
+    total, budget = sum(o.size or 0 for o in objects), limits.max_weights_bytes()
+    if total > budget:  # the whole prefix counts, not each file: it all lands on one scratch volume
+        raise InputTooLarge(f"{uri_prefix}: its {len(objects)} objects hold {total} bytes, over the limit of "
+                            f"{budget} bytes ({limits.MAX_WEIGHTS_ENV})")
+    deadline = Deadline()  # one for the whole prefix
     manifest_path = dest_dir / ".etags.json"
     with _lock_for(uri_prefix):
         manifest: dict[str, str] = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
@@ -394,7 +407,8 @@ def download_prefix(uri_prefix: str, dest_dir: Path) -> Path:
             rel = str(_relative_key(prefix, obj.object_name, uri_prefix))
             if manifest.get(rel) == obj.etag and (dest_dir / rel).is_file():
                 continue
-            manifest[rel] = _fetch(f"s3://{bucket}/{obj.object_name}", dest_dir / rel, None).etag
+            manifest[rel] = _fetch(f"s3://{bucket}/{obj.object_name}", dest_dir / rel, budget, deadline,
+                                   limits.MAX_WEIGHTS_ENV).etag
             _write_atomically(manifest_path, json.dumps(manifest, indent=1, sort_keys=True))
     return dest_dir
 
