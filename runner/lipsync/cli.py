@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -186,11 +187,29 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (Kubernetes evicting or preempting the pod): unwind, clean up, exit 143.
+
+    A BaseException, like KeyboardInterrupt, so no stage mistakes it for its own failure: every
+    ``with`` on the way out stops its threads and ffmpeg children, and nothing is published."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "run" and not args.files and not args.job_env:
         parser().error("run: give job files or --job-env")
-    return args.func(args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return args.func(args)
+    except Terminated:
+        print("lipsync: stopped by SIGTERM: nothing was published", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +33,11 @@ from .metrics import Metrics, StageFigures
 from .models import ClipModel, FrameModel, load_model
 from .preview import Sheet, pick
 from .spec import LipSyncJob, LipSyncJobSpec
-from .video import crop, overlay, track
+from . import render as render_engine
+from .video import track
 from .video.decode import FrameReader, decode_command
-from .video.encode import FrameWriter, encode_command
 from .video.remux import remux
-from .video.source import Source, source_index
+from .video.source import source_index
 
 STAGE_WEIGHTS = {"fetch": 2, "track": 15, "render": 78, "remux": 3, "publish": 2}
 
@@ -77,16 +78,32 @@ def resolve(uri: str, base_dir: Path) -> str:
     return os.path.normpath(p if p.is_absolute() else (base_dir / p))
 
 
-def fetch_inputs(spec: LipSyncJobSpec, scratch: Path, base_dir: Path) -> Inputs:
+def fetch_media(spec: LipSyncJobSpec, scratch: Path, base_dir: Path) -> tuple[Path, Path, dict[str, str]]:
     video, video_sum = fetch(resolve(spec.video, base_dir), scratch, field="spec.video")
     audio, audio_sum = fetch(resolve(spec.audio, base_dir), scratch, field="spec.audio")
-    sums = {"video": video_sum, "audio": audio_sum}
-    weights = None
-    if spec.model.weights:
-        weights, weights_sum = fetch_weights(resolve(spec.model.weights, base_dir), scratch)
-        if weights_sum is not None:
-            sums["weights"] = weights_sum
-    return Inputs(video, audio, weights, sums)
+    return video, audio, {"video": video_sum, "audio": audio_sum}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: FrameModel | ClipModel
+    weights: Path | None
+    checksum: str | None
+
+
+def load_weights_and_model(spec: LipSyncJobSpec, scratch: Path, base_dir: Path) -> Loaded:
+    """Fetch, hash and load the model (on a worker, beside probe and face track); an error that
+    names no stage is the fetch stage's."""
+    try:
+        weights, checksum = None, None
+        if spec.model.weights:
+            weights, checksum = fetch_weights(resolve(spec.model.weights, base_dir), scratch)
+        return Loaded(load_model(spec, weights), weights, checksum)
+    except LipSyncError as e:
+        e.stage = e.stage or "fetch"
+        raise
+    except Exception as e:
+        raise LipSyncError(f"unexpected {type(e).__name__}: {e}", stage="fetch") from e
 
 
 def fetch_weights(uri: str, scratch: Path) -> tuple[Path, str | None]:
@@ -136,21 +153,22 @@ def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
     }
 
 
-def track_faces(spec: LipSyncJobSpec, inputs: Inputs, info: VideoInfo, on_progress: Callable[[float], None]
+def track_faces(spec: LipSyncJobSpec, video: Path, info: VideoInfo, on_progress: Callable[[float], None]
                 ) -> tuple[list[track.CropBox | None], track.Scan]:
     (w, h), scale = track.analysis_size(info.width, info.height)
-    argv = decode_command(inputs.video, fps=info.fps, size=(w, h))
+    # Small frames on the render's own frame grid (start_time), so frame indices agree.
+    argv = decode_command(video, fps=info.fps, size=(w, h), start_time=info.start_time)
 
-    def frames():
-        with FrameReader(argv, w, h) as reader:
+    with FrameReader(argv, w, h) as reader:
+        def frames() -> Iterator[np.ndarray]:
             for i, frame in enumerate(reader):
                 if i % 25 == 0:
                     on_progress(min(0.99, i / max(1, info.frames_estimate)))
                 yield frame
 
-    sc = track.scan(frames(), scale, spec.face)
+        sc = track.scan(frames(), scale, spec.face)
     if sc.frames == 0:
-        raise InvalidMedia(f"spec.video {str(inputs.video)!r} decoded to no frames: is the file complete?", stage="track")
+        raise InvalidMedia(f"spec.video {str(video)!r} decoded to no frames: is the file complete?", stage="track")
     boxes = track.build_track(sc, fps=float(info.fps), padding=spec.padding, every=spec.face.detect_every)
     if not any(b is not None for b in boxes):
         raise NoFaceFound(
@@ -160,53 +178,14 @@ def track_faces(spec: LipSyncJobSpec, inputs: Inputs, info: VideoInfo, on_progre
     return boxes, sc
 
 
-def frames_in_flight(width: int, height: int, batch_size: int) -> int:
-    """How many full frames may wait for the model: 4 batches, within LIPSYNC_FRAME_BUFFER_MB (1024)."""
-    budget = float(os.environ.get("LIPSYNC_FRAME_BUFFER_MB", "1024")) * 1024 * 1024
-    return max(1, min(4 * batch_size, int(budget // (width * height * 3))))
-
-
-def render(spec: LipSyncJobSpec, model: FrameModel, source: Source, plan: Plan, boxes: list[track.CropBox | None],
-           dest: Path, sheet: Sheet, on_progress: Callable[[float], None], batch_size: int) -> int:
-    """Streams every output frame through crop → model → overlay → encoder; returns frames written."""
-    out = spec.output
-    argv = encode_command(dest, source.width, source.height, source.fps, codec=out.video_codec, crf=out.crf,
-                          preset=out.preset)
-    size = model.crop_size or 256
-    # Full frames wait for their batch to come back from the model: bound them by memory too.
-    in_flight = frames_in_flight(source.width, source.height, batch_size)
-    batch_size = min(batch_size, in_flight)
-    pending: list[tuple[int, np.ndarray, track.CropBox | None]] = []
-    crops: list[np.ndarray] = []
-    crop_frames: list[int] = []
-
-    def flush(writer: FrameWriter) -> None:
-        synced = model.infer(np.stack(crops), np.array(crop_frames)) if crops else None
-        k = 0
-        for i, frame, box in pending:
-            result = frame
-            if box is not None:
-                assert synced is not None
-                result = overlay.paste(frame, box, synced[k], spec.padding)
-                k += 1
-            sheet.offer(i, frame, result, box)
-            writer.write(result)
-        pending.clear()
-        crops.clear()
-        crop_frames.clear()
-        on_progress(writer.frames / plan.n_out)
-
-    with FrameWriter(argv, source.width, source.height) as writer:
-        for i, frame in enumerate(source.frames(plan.n_out)):
-            box = boxes[source_index(i, plan.n_src)]
-            pending.append((i, frame, box))
-            if box is not None:
-                crops.append(crop.cut(frame, box, size))
-                crop_frames.append(i)
-            if len(crops) >= batch_size or len(pending) >= in_flight:
-                flush(writer)
-        flush(writer)
-    return writer.frames
+def render(spec: LipSyncJobSpec, model: FrameModel, timeline: render_engine.Timeline, info: VideoInfo, plan: Plan,
+           boxes: list[track.CropBox | None], dest: Path, sheet: Sheet, on_progress: Callable[[float], None],
+           batch_size: int) -> int:
+    """Streams every output frame through the render engine into ``dest``; returns frames written."""
+    engine = render_engine.Engine(model, render_engine.converter_for(timeline, info), spec.padding, batch_size, sheet,
+                                  on_progress)
+    argv = render_engine.encoder_for(dest, timeline, info, spec.output)
+    return engine.run(timeline, plan.order(), boxes, argv)
 
 
 def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False, bar: bool = False) -> Result:
@@ -222,6 +201,7 @@ def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False,
         log.LOG.addHandler(run_log)
         if log.LOG.level == logging.NOTSET:  # called as a library, without log.setup()
             log.LOG.setLevel(logging.INFO)
+        metrics.memory.start()
         try:
             return _run(job, spec, scratch, base_dir, force, metrics, progress)
         except LipSyncError as e:
@@ -230,6 +210,7 @@ def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False,
                 "event": "failed", "job": job.metadata.name, "stage": e.stage, "reason": e.reason}})
             raise
         finally:
+            metrics.memory.stop()
             progress.close()
             log.LOG.removeHandler(run_log)
             run_log.close()
@@ -254,41 +235,72 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
     name = job.metadata.name
     log.event(f"job {name}: {spec.model.name} model", event="start", job=name, output=spec.output.uri)
 
+    with ThreadPoolExecutor(1, thread_name_prefix="weights") as loader:
+        return _stages(job, spec, scratch, base_dir, force, metrics, progress, loader)
+
+
+def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, force: bool,
+            metrics: Metrics, progress: log.Progress, loader: ThreadPoolExecutor) -> Result:
+    name = job.metadata.name
+    loading: Future[Loaded] | None = None
+    verdict: str = "absent"
+    found: dict | None = None
+
+    def settle() -> tuple[FrameModel | ClipModel, Inputs, dict]:
+        """Wait for the model; with its checksum the job's identity is complete."""
+        assert loading is not None
+        loaded = loading.result()
+        sums = dict(checksums)
+        if loaded.checksum is not None:
+            sums["weights"] = loaded.checksum
+        return loaded.model, Inputs(video, audio, loaded.weights, sums), identity(job, sums)
+
     with stage(metrics, "fetch"):
         store = open_store(resolve(spec.output.uri, base_dir))
-        inputs = fetch_inputs(spec, scratch, base_dir)
-        ident = identity(job, inputs.checksums)
-        verdict, found = check_existing(store, ident)
-        if verdict == "same-job" and not force:
-            return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
-        if verdict == "other-job" and not (force or spec.output.overwrite):
-            raise refuse_other(store, found)
-        video_info = probe_video(inputs.video)
-        audio_info = probe_audio(inputs.audio)
-        model = load_model(spec, inputs.weights)
+        video, audio, checksums = fetch_media(spec, scratch, base_dir)
+        # Weights are fetched, hashed and loaded while the media is probed and tracked.
+        loading = loader.submit(load_weights_and_model, spec, scratch, base_dir)
+        if store.get("metrics.json") is not None:  # something is there: the whole identity decides now
+            model, inputs, ident = settle()
+            verdict, found = check_existing(store, ident)
+            if verdict == "same-job" and not force:
+                return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
+            if verdict == "other-job" and not (force or spec.output.overwrite):
+                raise refuse_other(store, found)
+        video_info = probe_video(video)
+        audio_info = probe_audio(audio)
     progress.update("fetch", 1.0)
 
     with stage(metrics, "track") as fig:
-        boxes, sc = track_faces(spec, inputs, video_info, lambda f: progress.update("track", f))
+        boxes, sc = track_faces(spec, video, video_info, lambda f: progress.update("track", f))
         fig.frames = sc.frames
         plan = make_plan(spec, video_info, audio_info, sc.frames)
         order = plan.order()
         log.event(f"planned {plan.n_out} output frames from {plan.n_src} at {plan.fps:.3f} fps", event="plan",
                   job=name, faces=sum(b is not None for b in boxes), cuts=len(sc.cuts), detector_calls=sc.detector_calls)
 
+    with stage(metrics, "fetch"):
+        model, inputs, ident = settle()
+        if verdict == "absent":  # nothing was there when we looked: look again with the whole identity
+            verdict, found = check_existing(store, ident)
+            if verdict == "same-job" and not force:
+                return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
+            if verdict == "other-job" and not (force or spec.output.overwrite):
+                raise refuse_other(store, found)
+
     video_only = scratch / "encoded.mp4"
     with stage(metrics, "render") as fig:
-        source = Source(inputs.video, video_info.width, video_info.height, video_info.fps, plan.n_src)
+        timeline = render_engine.timeline_for(inputs.video, video_info, plan.n_src)
         sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
         speech = load_mono(inputs.audio, model.audio_rate)
         on_render = lambda f: progress.update("render", f)  # noqa: E731
         if isinstance(model, ClipModel):
-            fig.frames = render_clip(spec, model, source, plan.n_out, boxes, speech, scratch / "clip", video_only,
-                                     sheet, on_render)
+            fig.frames = render_clip(spec, model, timeline, video_info, plan.n_out, boxes, speech, scratch / "clip",
+                                     video_only, sheet, on_render)
         else:
             model.prepare(speech, plan.fps, plan.n_out)
             batch = getattr(model, "batch_size", 16)
-            fig.frames = render(spec, model, source, plan, boxes, video_only, sheet, on_render, batch)
+            fig.frames = render(spec, model, timeline, video_info, plan, boxes, video_only, sheet, on_render, batch)
 
     output = scratch / "output.mp4"
     with stage(metrics, "remux"):
@@ -321,9 +333,11 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
         metrics.extra["artifacts"] = artifacts
         log.event(f"rendered {plan.n_out} frames", event="render-done", job=name, **metrics.as_dict()["stages"]["render"])
         files["run.log"] = scratch / "run.log"
-        (scratch / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
-        files["metrics.json"] = scratch / "metrics.json"
         publish(store, files, meta)
+    # metrics.json last, once the publish stage's own figures are in it: it marks the render finished
+    (scratch / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
+    with stage(metrics, "publish"):
+        publish(store, {"metrics.json": scratch / "metrics.json"}, meta)
     progress.update("publish", 1.0)
     return Result("rendered", artifacts, metrics.as_dict())
 

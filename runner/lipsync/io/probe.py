@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +22,30 @@ class VideoInfo:
     duration: float
     codec: str
     frames_estimate: int
+    pix_fmt: str = "yuv420p"  # as decoded (ffmpeg's name)
+    colour: "Colour" = None  # type: ignore[assignment]  # what the stream declares (see Colour)
+    start_time: float = 0.0  # seconds: the video stream's first timestamp (frame 0 of the fps grid)
+    sample_aspect_ratio: str | None = None  # "N:M" when the stream declares non-square pixels
+    container: str = ""  # ffprobe's format_name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    bits: int = 8  # bits per sample of the decoded picture
+
+    def __post_init__(self) -> None:
+        if self.colour is None:
+            object.__setattr__(self, "colour", Colour())
+
+
+@dataclass(frozen=True)
+class Colour:
+    """The colour description a video stream declares (ffmpeg's names; None: not declared).
+
+    ``matrix`` is the YUV↔RGB matrix (bt709, smpte170m, bt470bg, bt2020nc, ...), ``primaries`` and
+    ``transfer`` the RGB space and its curve, ``range`` "tv" (limited) or "pc" (full).
+    """
+
+    matrix: str | None = None
+    primaries: str | None = None
+    transfer: str | None = None
+    range: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +107,38 @@ def _duration(probe: dict, stream: dict) -> float:
     return 0.0
 
 
+def _declared(value: object) -> str | None:
+    text = str(value) if value is not None else ""
+    return None if text in ("", "unknown", "unspecified", "reserved") else text
+
+
+def _colour(stream: dict) -> Colour:
+    fmt = stream.get("pix_fmt", "")
+    rng = _declared(stream.get("color_range"))
+    if rng is None and fmt.startswith("yuvj"):  # the deprecated full-range pixel formats
+        rng = "pc"
+    return Colour(_declared(stream.get("color_space")), _declared(stream.get("color_primaries")),
+                  _declared(stream.get("color_transfer")), rng)
+
+
+def _bits(stream: dict) -> int:
+    for key in ("bits_per_raw_sample",):
+        try:
+            if int(stream.get(key, 0)) > 0:
+                return int(stream[key])
+        except (TypeError, ValueError):
+            pass
+    m = re.search(r"p(9|10|12|14|16)(le|be)?$", stream.get("pix_fmt", ""))
+    return int(m.group(1)) if m else 8
+
+
+def _start(stream: dict) -> float:
+    try:
+        return float(stream.get("start_time", 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def probe_video(path: Path, field: str = "spec.video") -> VideoInfo:
     info = _ffprobe(path, field)
     streams = [s for s in info.get("streams", []) if s.get("codec_type") == "video"
@@ -103,8 +160,11 @@ def probe_video(path: Path, field: str = "spec.video") -> VideoInfo:
     if rotation in (90, 270):
         width, height = height, width
     duration = _duration(info, s)
+    sar = s.get("sample_aspect_ratio")
     return VideoInfo(width, height, fps, variable, rotation, duration, s.get("codec_name", "?"),
-                     int(round(duration * float(fps))))
+                     int(round(duration * float(fps))), pix_fmt=s.get("pix_fmt", "yuv420p"), colour=_colour(s),
+                     start_time=_start(s), sample_aspect_ratio=sar if sar not in (None, "0:1", "1:1", "N/A") else None,
+                     container=info.get("format", {}).get("format_name", ""), bits=_bits(s))
 
 
 def probe_audio(path: Path, field: str = "spec.audio") -> AudioInfo:
