@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -195,3 +197,70 @@ def test_select_index_picks_by_position_then_follows_that_person():
     clip = [two_people(0.27)] * 10 + [two_people(None)] * 10 + [two_people(0.27)] * 10
     track = build_track(scan(iter(clip), 1.0, FaceSpec(select="index", index=1, detect_every=5)), fps=25, padding=0.25, every=5)
     assert all(t is not None and t.x + t.size / 2 > SW / 2 for t in track)  # the listener (second from the left), throughout
+
+
+# --- the mouth: landmarks carried per frame ------------------------------------------------------
+
+MOUTH_IN_CROP = (165, 146)  # the astronaut's mouth centre in sample.astronaut()'s crop (read off the photo)
+
+
+def mouth_clip(path: list[tuple[float, float, float]], w: int = 960, h: int = 540) -> tuple[list[np.ndarray], list[tuple[float, float]]]:
+    """Frames with the astronaut's face box ``side`` px wide centred at (cx, cy), and where her mouth is."""
+    bg, out, mouths = background(w, h), [], []
+    fx, fy, fs = FACE_IN_CROP
+    for cx, cy, side in path:
+        f = bg.copy()
+        place_face(f, side, cx, cy)
+        k = side / fs
+        mouths.append((cx + (MOUTH_IN_CROP[0] - (fx + fs / 2)) * k, cy + (MOUTH_IN_CROP[1] - (fy + fs / 2)) * k))
+        out.append(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY))
+    return out, mouths
+
+
+def mouth_errors(path: list[tuple[float, float, float]]) -> list[float]:
+    clip, truth = mouth_clip(path)
+    track = build_track(scan(iter(clip), 1.0, FaceSpec(detect_every=5)), fps=25, padding=0.25, every=5)
+    errs = []
+    for t, (mx, my), (_, _, side) in zip(track, truth, path):
+        assert t is not None and t.mouth is not None
+        errs.append(float(np.hypot(t.mouth[0] - mx, t.mouth[1] - my) / side))
+    return errs
+
+
+def test_the_mouth_follows_a_sudden_move():
+    # still for 12 frames, then 10 px a frame to the right: the move starts between two detections
+    path = [(400.0 + 10 * max(0, i - 12), 260.0, 120.0) for i in range(30)]
+    errs = mouth_errors(path)
+    assert max(errs) < 0.05, [round(e, 3) for e in errs]
+
+
+def test_the_mouth_follows_a_zoom_out():
+    path = [(480.0, 260.0, 160.0 - 3 * i) for i in range(30)]  # the face shrinks from 160 to 73 px
+    errs = mouth_errors(path)
+    assert max(errs) < 0.05, [round(e, 3) for e in errs]
+
+
+def test_lipsync_track_writes_the_track_as_json(tmp_path):
+    from .media import clip, run_cli
+
+    video = clip(tmp_path / "face.mp4", seconds=1.0)
+    out = tmp_path / "track.json"
+    proc = run_cli("track", str(video), "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["frames_total"] == len(doc["frames"]) == 25 and doc["cuts"] == [0] and "25 of 25 frames" in proc.stdout
+    for f in doc["frames"]:
+        x, y, size = f["box"]
+        (rx, ry), (lx, ly) = f["landmarks"]  # haar: the eyes
+        mx, my = f["mouth"]
+        assert x < rx < lx < x + size and y < ry < my < y + size and ry < my  # eyes, then the mouth below, inside the crop
+    assert doc["detections"]["0"] is not None and doc["face"]["detector"] == "haar"
+
+
+def test_lipsync_track_refuses_bad_input_clearly(tmp_path):
+    from .media import run_cli
+
+    proc = run_cli("track", str(tmp_path / "missing.mp4"))
+    assert proc.returncode == 11 and "missing.mp4" in proc.stderr
+    proc = run_cli("track", str(tmp_path / "missing.mp4"), "--detector", "yunet")
+    assert proc.returncode == 10 and "needs spec.face.weights" in proc.stderr

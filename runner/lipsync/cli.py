@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import log, policy
-from .errors import REASONS, InvalidSpec, LipSyncError
+from .errors import REASONS, InputNotFound, InvalidSpec, LipSyncError
 from .redact import redact
 from .spec import LipSyncJob, iter_job_files, load_jobs, parse_job
 
@@ -156,6 +156,47 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_track(args: argparse.Namespace) -> int:
+    """The face track of a video, as a render would find it, without rendering: see what the crop will be."""
+    from pydantic import ValidationError
+
+    from .io.probe import probe_video
+    from .spec import FaceSpec
+    from .video import track
+    from .video.decode import FrameReader, decode_command
+
+    try:
+        try:
+            face = FaceSpec.model_validate({k: v for k, v in {
+                "select": args.select, "index": args.index, "detector": args.detector, "weights": args.weights,
+                "detectEvery": args.detect_every, "padding": args.padding}.items() if v is not None})
+        except ValidationError as e:
+            raise InvalidSpec("; ".join(f"--{'.'.join(str(p) for p in err['loc']) or 'face'}: {err['msg']}"
+                                        for err in e.errors()), stage="track") from None
+        video = Path(args.video)
+        if not video.is_file():
+            raise InputNotFound(f"video {str(video)!r} does not exist or is not a file", stage="track")
+        info = probe_video(video, field="video")
+        (w, h), scale = track.analysis_size(info.width, info.height)
+        argv = decode_command(video, fps=info.fps, size=(w, h), start_time=info.start_time, pix_fmt="gray")
+        with FrameReader(argv, w, h, field="video", channels=1) as reader:
+            sc = track.scan(reader, scale, face)
+        padding = face.padding if face.padding is not None else 0.25
+        boxes = track.build_track(sc, fps=float(info.fps), padding=padding, every=face.detect_every)
+    except LipSyncError as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    doc = track.to_json(sc, boxes, width=info.width, height=info.height, fps=float(info.fps), face=face, padding=padding)
+    if args.json:
+        tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(args.json)
+    found = sum(b is not None for b in boxes)
+    print(f"{found} of {sc.frames} frames have a face box; {len(sc.cuts)} shot(s); "
+          f"{sc.detector_calls} detector calls; jitter {doc['jitter']}" + (f"; written to {args.json}" if args.json else ""))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lipsync", description="Lip-sync rendering: LipSyncJob YAML in, video out.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -184,6 +225,17 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--audio", help="score against this speech instead of the video's own audio stream")
     sc.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     sc.set_defaults(func=cmd_score)
+
+    tr = sub.add_parser("track", help="the face track of a video (boxes, landmarks, cuts) without rendering")
+    tr.add_argument("video")
+    tr.add_argument("--json", metavar="FILE", help="write the per-frame boxes, landmarks and shot cuts here")
+    tr.add_argument("--select", choices=["largest", "index"], help="as spec.face.select (default largest)")
+    tr.add_argument("--index", type=int, help="as spec.face.index")
+    tr.add_argument("--detector", choices=["haar", "haar-alt2", "yunet"], help="as spec.face.detector (default haar)")
+    tr.add_argument("--weights", help="as spec.face.weights: the YuNet ONNX file (a local path)")
+    tr.add_argument("--detect-every", type=int, help="as spec.face.detectEvery (default 5)")
+    tr.add_argument("--padding", type=float, help="as spec.face.padding (default 0.25)")
+    tr.set_defaults(func=cmd_track)
     return p
 
 

@@ -52,7 +52,8 @@ class Detector(Protocol):
 
     def detect(self, gray: np.ndarray, min_side: int) -> list[Face]: ...
 
-    def detect_near(self, gray: np.ndarray, near: tuple[float, float, float, float]) -> list[Face]: ...
+    def detect_near(self, gray: np.ndarray, near: tuple[float, float, float, float], reach: float = 1.0,
+                    sizes: tuple[float, float] = (0.6, 1.7)) -> list[Face]: ...
 
 
 def grey(frame: np.ndarray) -> np.ndarray:
@@ -64,13 +65,14 @@ def grey(frame: np.ndarray) -> np.ndarray:
     raise ValueError(f"a frame must be (H, W) grey or (H, W, 3) BGR uint8, not shape {frame.shape}")
 
 
-def _window(shape: tuple[int, ...], near: tuple[float, float, float, float]) -> tuple[int, int, int, int, float]:
-    """The search window around ``near`` (x, y, w, h): one face side on each side, clipped."""
+def _window(shape: tuple[int, ...], near: tuple[float, float, float, float], reach: float
+            ) -> tuple[int, int, int, int, float]:
+    """The search window around ``near`` (x, y, w, h): ``reach`` face sides on each side, clipped."""
     x, y, w, h = near
     side = max(w, h)
     hh, ww = shape[:2]
-    x0, y0 = int(max(0, x - side)), int(max(0, y - side))
-    x1, y1 = int(min(ww, x + w + side)), int(min(hh, y + h + side))
+    x0, y0 = int(max(0, x - reach * side)), int(max(0, y - reach * side))
+    x1, y1 = int(min(ww, x + w + reach * side)), int(min(hh, y + h + reach * side))
     return x0, y0, x1, y1, side
 
 
@@ -141,9 +143,11 @@ class Haar:
     def detect(self, gray: np.ndarray, min_side: int) -> list[Face]:
         return _nms(self._faces(gray, max(SMALLEST, min_side), None))
 
-    def detect_near(self, gray: np.ndarray, near: tuple[float, float, float, float]) -> list[Face]:
-        x0, y0, x1, y1, side = _window(gray.shape, near)
-        lo, hi = 0.6 * side, 1.7 * side
+    def detect_near(self, gray: np.ndarray, near: tuple[float, float, float, float], reach: float = 1.0,
+                    sizes: tuple[float, float] = (0.6, 1.7)) -> list[Face]:
+        """Faces ``sizes`` times ``near``'s side, within ``reach`` sides of it."""
+        x0, y0, x1, y1, side = _window(gray.shape, near, reach)
+        lo, hi = sizes[0] * side, sizes[1] * side
         k = min(1.0, WINDOW_FACE / lo) if lo > WINDOW_FACE else 1.0  # a big face needs no full resolution
         win = gray[y0:y1, x0:x1]
         if k < 1.0:
@@ -210,8 +214,9 @@ class YuNet:
     def detect(self, gray: np.ndarray, min_side: int) -> list[Face]:
         return [f for f in self._run(gray) if max(f.w, f.h) >= min_side]
 
-    def detect_near(self, gray: np.ndarray, near: tuple[float, float, float, float]) -> list[Face]:
-        x0, y0, x1, y1, side = _window(gray.shape, near)
+    def detect_near(self, gray: np.ndarray, near: tuple[float, float, float, float], reach: float = 1.0,
+                    sizes: tuple[float, float] = (0.6, 1.7)) -> list[Face]:
+        x0, y0, x1, y1, side = _window(gray.shape, near, reach)
         k = min(1.0, 64 / side)  # YuNet sees faces of 64 px well: a bigger one is shrunk to that
         win = gray[y0:y1, x0:x1]
         if win.size == 0:
@@ -219,7 +224,7 @@ class YuNet:
         if k < 1.0:
             win = cv2.resize(win, (max(1, int(win.shape[1] * k)), max(1, int(win.shape[0] * k))), interpolation=cv2.INTER_AREA)
         found = [f.moved(0, 0, 1 / k).moved(x0, y0) for f in self._run(win)]
-        return [f for f in found if 0.6 * side <= max(f.w, f.h) <= 1.7 * side]
+        return [f for f in found if sizes[0] * side <= max(f.w, f.h) <= sizes[1] * side]
 
 
 def iou(a: Face, b: Face) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -26,6 +26,10 @@ from .faces import Face, grey
 
 ANALYSIS_SIDE = 1280  # the longer side of the frames the face detector sees (a 4 % face: 51 px)
 MIN_FACE = 0.015  # the smallest face searched for, as a fraction of the analysis frame's longer side
+MOUTH_BELOW_EYES = 1.0  # mouth centre below the eyes' midpoint, in eye distances (measured on the astronaut)
+EYE_LINE_NOISE = float(np.radians(4.0))  # eye-line slope taken as detector noise
+FOLLOW_FACE = 32  # px: the face's width in the patch followed from frame to frame between detections
+FOLLOW_MATCH = 0.6  # normalised correlation from which the followed patch is taken as found
 CUT_THRESHOLD = 30.0  # mean absolute difference of 64x36 grey thumbnails, 0-255
 
 
@@ -56,11 +60,34 @@ class Box:
 
 @dataclass(frozen=True)
 class CropBox:
-    """A square crop window in full-resolution pixels; may reach past the frame's edges."""
+    """A square crop window in full-resolution pixels; may reach past the frame's edges.
+
+    ``landmarks``: the face's points in this frame, full-resolution (x, y): the person's right
+    eye, left eye, then (YuNet) nose tip, right and left mouth corner; empty when the detector
+    gives none. ``mouth`` is read from them.
+    """
 
     x: int
     y: int
     size: int
+    landmarks: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def mouth(self) -> tuple[float, float] | None:
+        """The mouth's centre (full-resolution pixels): between the mouth corners when known, else
+        one eye distance below the eyes' midpoint, square to the line through the eyes (a tilted
+        head tilts it; slopes under 4° count as level). None without landmarks."""
+        pts = self.landmarks
+        if len(pts) >= 5:
+            return ((pts[3][0] + pts[4][0]) / 2, (pts[3][1] + pts[4][1]) / 2)
+        if len(pts) >= 2:
+            (rx, ry), (lx, ly) = pts[0], pts[1]
+            d, angle = float(np.hypot(lx - rx, ly - ry)), float(np.arctan2(ly - ry, lx - rx))
+            # a few degrees of eye-line slope are the eye detector's noise, not a tilted head
+            angle -= float(np.clip(angle, -EYE_LINE_NOISE, EYE_LINE_NOISE))
+            down = MOUTH_BELOW_EYES * d
+            return ((rx + lx) / 2 - down * float(np.sin(angle)), (ry + ly) / 2 + down * float(np.cos(angle)))
+        return None
 
 
 @dataclass
@@ -69,6 +96,8 @@ class Scan:
     detections: dict[int, Box | None]  # frame index -> the selected face (None: looked, none found)
     cuts: list[int]  # frame indices where a new shot starts (0 always)
     detector_calls: int
+    landmarks: dict[int, tuple[tuple[float, float], ...]] = field(default_factory=dict)  # of detections, full-res
+    followed: dict[int, tuple[float, float]] = field(default_factory=dict)  # face centre between detections, full-res
 
 
 def analysis_size(width: int, height: int) -> tuple[tuple[int, int], float]:
@@ -137,15 +166,26 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
     previous: Face | None = None  # the selected face where last seen in this shot (analysis pixels)
     lost = True  # the last detection did not find the selected face (or a new shot began)
     look: np.ndarray | None = None  # the selected person's appearance, once chosen
+    landmarks: dict[int, tuple[tuple[float, float], ...]] = {}
+    followed: dict[int, tuple[float, float]] = {}
+    patch: tuple[np.ndarray, float] | None = None  # the last detected face (grey, shrunk by the factor)
+    newest = 0  # the latest frame seen: only a detection there renews the patch
+    ahead: Face | None = None  # where the patch was followed to in the frame before this one (analysis pixels)
 
     def detect(i: int, gray: np.ndarray) -> Box | None:
-        nonlocal calls, previous, lost, look
+        nonlocal calls, previous, lost, look, patch, ahead
         calls += 1
         chosen: Face | None = None
         if previous is not None:  # near the last face: only a box that continues it
             p = previous
-            near = [f for f in det.detect_near(gray, (p.x, p.y, p.w, p.h)) if faces.iou(f, p) > 0.2]
-            chosen = max(near, key=lambda f: faces.iou(f, p), default=None)
+            if ahead is not None and not lost:  # first where the patch was followed to, at about its size
+                a = ahead
+                near = [f for f in det.detect_near(gray, (a.x, a.y, a.w, a.h), 0.4, (0.8, 1.3)) if faces.iou(f, a) > 0.3]
+                chosen = max(near, key=lambda f: faces.iou(f, a), default=None)
+            ahead = None
+            if chosen is None:
+                near = [f for f in det.detect_near(gray, (p.x, p.y, p.w, p.h)) if faces.iou(f, p) > 0.2]
+                chosen = max(near, key=lambda f: faces.iou(f, p), default=None)
             if chosen is not None and lost and not _same(gray, chosen, look):
                 chosen = None  # someone else stepped into the place where the person left
         if chosen is None:  # the whole frame: the person anywhere, or the rule's first choice
@@ -164,7 +204,33 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
         lost = chosen is None
         box = None if chosen is None else _box(chosen, scale)
         detections[i] = box
+        landmarks.pop(i, None)
+        if chosen is not None and chosen.landmarks:
+            landmarks[i] = tuple((px * scale, py * scale) for px, py in chosen.landmarks)
+        if chosen is not None and i >= newest:
+            patch = _patch(gray, chosen)
         return box
+
+    def follow(i: int, gray: np.ndarray) -> None:
+        """Between detections: where the last detected face's patch is now (its centre, full-res)."""
+        nonlocal ahead
+        ahead = None
+        if patch is None or previous is None or lost:
+            return
+        tmpl, k = patch
+        p = previous
+        side = max(p.w, p.h)
+        x0, y0 = int(max(0, p.x - 0.5 * side)), int(max(0, p.y - 0.5 * side))
+        x1, y1 = int(min(gray.shape[1], p.x + p.w + 0.5 * side)), int(min(gray.shape[0], p.y + p.h + 0.5 * side))
+        win = cv2.resize(gray[y0:y1, x0:x1], None, fx=k, fy=k, interpolation=cv2.INTER_AREA) if y1 > y0 and x1 > x0 else None
+        if win is None or win.shape[0] < tmpl.shape[0] or win.shape[1] < tmpl.shape[1]:
+            return
+        res = cv2.matchTemplate(win, tmpl, cv2.TM_CCOEFF_NORMED)
+        _, best, _, (mx, my) = cv2.minMaxLoc(res)
+        if best >= FOLLOW_MATCH:
+            fx, fy = x0 + mx / k, y0 + my / k
+            followed[i] = ((fx + p.w / 2) * scale, (fy + p.h / 2) * scale)
+            ahead = Face(fx, fy, p.w, p.h, best)
 
     def keyframe(i: int, gray: np.ndarray) -> None:
         """Detect at ``i``; where the answer changed since the last keyframe (the face came or
@@ -173,7 +239,7 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
         before = detections.get(last_key) if last_key is not None else None
         now = detect(i, gray)
         if last_key is not None and (before is None) != (now is None):
-            state = previous, lost
+            state, ahead = (previous, lost), None
             for j, g in buffer:
                 if last_key < j < i:
                     detect(j, g)
@@ -191,14 +257,26 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
             if buffer and buffer[-1][0] != last_key:
                 keyframe(*buffer[-1])  # the old shot's last frame anchors its tail
             cuts.append(i)
-            previous, last_key, lost = None, None, True
+            previous, last_key, lost, ahead = None, None, True, None
             buffer.clear()
+        newest = i
         if is_cut or i % every == 0:
             keyframe(i, gray)
+        else:
+            follow(i, gray)
         buffer.append((i, gray))
     if buffer and buffer[-1][0] != last_key:
         keyframe(*buffer[-1])  # the last frame anchors the tail
-    return Scan(n, detections, cuts or [0], calls)
+    return Scan(n, detections, cuts or [0], calls, landmarks, {k: v for k, v in followed.items() if k not in detections})
+
+
+def _patch(gray: np.ndarray, f: Face) -> tuple[np.ndarray, float] | None:
+    """The face's box, shrunk so the face is ``FOLLOW_FACE`` px wide, and the factor."""
+    k = min(1.0, FOLLOW_FACE / max(1.0, f.w))
+    x0, y0, x1, y1 = int(max(0, f.x)), int(max(0, f.y)), int(min(gray.shape[1], f.x + f.w)), int(min(gray.shape[0], f.y + f.h))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    return cv2.resize(gray[y0:y1, x0:x1], None, fx=k, fy=k, interpolation=cv2.INTER_AREA), k
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -267,17 +345,60 @@ def build_track(sc: Scan, *, fps: float, padding: float, every: int) -> list[Cro
     track: list[CropBox | None] = [None] * sc.frames
     window = max(3, int(round(fps * 0.3)) | 1)
     keys = sorted(sc.detections)
+    marks = sorted(sc.landmarks)
     for start, end in _shots(sc.cuts, sc.frames):
         boxes = _fill(sc.detections, keys, start, end, bridge=3 * every)
         for a, b in _runs(boxes):
             run = [bx for bx in boxes[a:b] if bx is not None]
-            cx = _smooth(np.array([bx.cx for bx in run]), window)
-            cy = _smooth(np.array([bx.cy for bx in run]), window)
+            # between detections, the centre where the face's patch was followed to, else the line
+            centres = [sc.followed.get(start + a + k, (bx.cx, bx.cy)) for k, bx in enumerate(run)]
+            cx = _smooth(np.array([c[0] for c in centres]), window)
+            cy = _smooth(np.array([c[1] for c in centres]), window)
             side = float(np.median([max(bx.w, bx.h) for bx in run])) * (1 + 2 * padding)
             size = int(round(side / 2)) * 2
+            points = _landmarks(sc, marks, start + a, run, centres)
             for k, (x, y) in enumerate(zip(cx, cy)):
-                track[start + a + k] = CropBox(int(round(x - size / 2)), int(round(y - size / 2)), size)
+                track[start + a + k] = CropBox(int(round(x - size / 2)), int(round(y - size / 2)), size, points[k])
     return track
+
+
+def _landmarks(sc: Scan, marks: list[int], first: int, run: list[Box], centres: list[tuple[float, float]]
+               ) -> list[tuple[tuple[float, float], ...]]:
+    """Per-frame landmarks for one run of boxes starting at frame ``first``.
+
+    Between two detections with landmarks: interpolated (a zoom or a turn is smooth), then moved
+    by how far the followed face is from the interpolated path (a sudden move is not). Before the
+    run's first or after its last: the nearest detection's, moved with the face. Unsmoothed, so
+    they never lag or lead the face.
+    """
+    n = len(run)
+    inside = marks[bisect_left(marks, first):bisect_left(marks, first + n)]
+    if not inside:
+        return [()] * n
+    out: list[tuple[tuple[float, float], ...]] = []
+    pos = 0  # inside[pos - 1] <= frame < inside[pos]
+    for k in range(n):
+        j = first + k
+        while pos < len(inside) and inside[pos] <= j:
+            pos += 1
+        lo = inside[pos - 1] if pos > 0 else None
+        hi = inside[pos] if pos < len(inside) else None
+        if lo == j:
+            out.append(sc.landmarks[j])
+            continue
+        cx, cy = centres[k]
+        if lo is not None and hi is not None and len(sc.landmarks[lo]) == len(sc.landmarks[hi]):
+            t = (j - lo) / (hi - lo)
+            pts = [(u[0] + t * (v[0] - u[0]), u[1] + t * (v[1] - u[1])) for u, v in zip(sc.landmarks[lo], sc.landmarks[hi])]
+            (ax, ay), (bx, by) = centres[lo - first], centres[hi - first]
+            dx, dy = cx - (ax + t * (bx - ax)), cy - (ay + t * (by - ay))
+        else:
+            near = lo if lo is not None else hi
+            assert near is not None
+            pts = list(sc.landmarks[near])
+            dx, dy = cx - centres[near - first][0], cy - centres[near - first][1]
+        out.append(tuple((px + dx, py + dy) for px, py in pts))
+    return out
 
 
 def jitter(track: list[CropBox | None]) -> float:
@@ -288,3 +409,31 @@ def jitter(track: list[CropBox | None]) -> float:
         if a is not None and b is not None and a.size == b.size
     ]
     return round(float(np.mean(steps)), 5) if steps else 0.0
+
+
+def to_json(sc: Scan, boxes: list[CropBox | None], *, width: int, height: int, fps: float, face: FaceSpec,
+            padding: float) -> dict:
+    """The track as a JSON-ready dict: what the render will crop, per frame, and why.
+
+    ``frames[i]``: null (the frame passes through) or ``{"box": [x, y, size], "landmarks":
+    [[x, y], ...], "mouth": [x, y] | null}``, full-resolution pixels; ``detections``: the
+    detector's own boxes ``[x, y, w, h]`` (null: looked, found no selected face) by frame;
+    ``cuts``: the frames where a shot starts.
+    """
+    def r(v: float) -> float:
+        return round(float(v), 2)
+
+    return {
+        "version": 1,
+        "width": width, "height": height, "fps": fps, "frames_total": sc.frames,
+        "face": face.model_dump(by_alias=True, exclude_none=True, mode="json"), "padding": padding,
+        "cuts": list(sc.cuts), "detector_calls": sc.detector_calls,
+        "detections": {str(k): (None if b is None else [r(b.x), r(b.y), r(b.w), r(b.h)])
+                       for k, b in sorted(sc.detections.items())},
+        "frames": [None if b is None else {
+            "box": [b.x, b.y, b.size],
+            "landmarks": [[r(x), r(y)] for x, y in b.landmarks],
+            "mouth": None if b.mouth is None else [r(v) for v in b.mouth],
+        } for b in boxes],
+        "jitter": jitter(boxes),
+    }
