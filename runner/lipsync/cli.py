@@ -8,10 +8,12 @@ import logging
 import os
 import signal
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from . import log, policy
 from .errors import REASONS, InputNotFound, InvalidSpec, LipSyncError
+from .extras import require_torch
 from .redact import redact
 from .spec import LipSyncJob, iter_job_files, load_jobs, parse_job
 
@@ -141,9 +143,10 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """A check of a finished render, apart from `run`: it needs SyncNet weights the user brings."""
-    from .score import score_video
-
     try:
+        require_torch("lipsync score", stage="score")
+        from .score import score_video
+
         result = score_video(Path(args.video), Path(args.weights), audio=Path(args.audio) if args.audio else None)
     except LipSyncError as e:
         print(str(e), file=sys.stderr)
@@ -199,6 +202,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lipsync", description="Lip-sync rendering: LipSyncJob YAML in, video out.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="render the jobs in YAML files or folders")
@@ -239,6 +243,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" in a bare checkout."""
+    try:
+        return metadata.version("lipsync-operator")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (Kubernetes evicting or preempting the pod): unwind, clean up, exit 143.
 
@@ -260,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print("lipsync: stopped by SIGTERM: nothing was published", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; the same unwinding as SIGTERM
+        print(f"lipsync {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         signal.signal(signal.SIGTERM, previous)
 

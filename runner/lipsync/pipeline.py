@@ -30,13 +30,13 @@ from .io.fetch import fetch, is_remote, local_path, sha256
 from .io.probe import AudioInfo, VideoInfo, probe_audio, probe_video
 from .io.publish import ARTIFACTS, check_existing, mark_replacing, open_store, publish, refuse_other
 from .metrics import Metrics, StageFigures
-from .models import ClipModel, FrameModel, load_model
+from .models import ClipModel, FrameModel, check_dependencies, load_model
 from .preview import Sheet, pick
 from .spec import LipSyncJob, LipSyncJobSpec
 from . import render as render_engine
 from .video import track
 from .video.decode import FrameReader, decode_command
-from .video.remux import remux
+from .video.remux import audio_plan, remux
 from .video.source import source_index
 
 STAGE_WEIGHTS = {"fetch": 2, "track": 15, "render": 78, "remux": 3, "publish": 2}
@@ -140,6 +140,12 @@ def make_plan(spec: LipSyncJobSpec, video: VideoInfo, audio: AudioInfo, n_src: i
         return Plan(fps, n_src, n_out, None)
     trim = video_seconds if audio.duration > video_seconds else None
     return Plan(fps, n_src, n_src, trim)
+
+
+def spec_record(job: LipSyncJob) -> dict:
+    """The spec as metrics.json records it (JSON by alias, without output.overwrite): a later run
+    of the same job that is refused can then say which fields changed."""
+    return job.spec.model_dump(mode="json", by_alias=True, exclude={"output": {"overwrite"}})
 
 
 def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
@@ -256,6 +262,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
         return loaded.model, Inputs(video, audio, loaded.weights, sums), identity(job, sums)
 
     with stage(metrics, "fetch"):
+        check_dependencies(spec)  # before any download: a runner without torch cannot run wav2lip
         store = open_store(resolve(spec.output.uri, base_dir))
         video, audio, checksums = fetch_media(spec, scratch, base_dir)
         # Weights are fetched, hashed and loaded while the media is probed and tracked.
@@ -266,7 +273,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
             if verdict == "same-job" and not force:
                 return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
             if verdict == "other-job" and not (force or spec.output.overwrite):
-                raise refuse_other(store, found)
+                raise refuse_other(store, found, ident, spec_record(job))
         video_info = probe_video(video)
         audio_info = probe_audio(audio)
     progress.update("fetch", 1.0)
@@ -286,7 +293,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
             if verdict == "same-job" and not force:
                 return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
             if verdict == "other-job" and not (force or spec.output.overwrite):
-                raise refuse_other(store, found)
+                raise refuse_other(store, found, ident, spec_record(job))
 
     video_only = scratch / "encoded.mp4"
     with stage(metrics, "render") as fig:
@@ -302,27 +309,33 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
             batch = getattr(model, "batch_size", 16)
             fig.frames = render(spec, model, timeline, video_info, plan, boxes, video_only, sheet, on_render, batch)
 
-    output = scratch / "output.mp4"
+    carry = audio_plan(audio_info)  # output.mp4, or output.mov where MP4 cannot hold the speech exactly
+    output = scratch / carry.filename
     with stage(metrics, "remux"):
-        remux(video_only, inputs.audio, output, audio_codec=audio_info.codec, duration=plan.trim_audio_to)
+        if carry.note:
+            log.event(carry.note, logging.WARNING, event="audio-carried", job=name, **carry.as_dict())
+        remux(video_only, inputs.audio, output, plan=carry, duration=plan.trim_audio_to)
     progress.update("remux", 1.0)
 
     with stage(metrics, "publish"):
         with_face = sum(boxes[s] is not None for s in order)
         metrics.extra.update({
             "identity": ident,
+            "spec": spec_record(job),
             "model": spec.model.name,
             "video": {"width": video_info.width, "height": video_info.height, "fps": plan.fps,
                       "variable_rate": video_info.variable_rate, "rotation": video_info.rotation,
                       "source_frames": plan.n_src},
             "audio": {"codec": audio_info.codec, "sample_rate": audio_info.sample_rate,
-                      "channels": audio_info.channels, "duration_s": round(audio_info.duration, 4)},
+                      "channels": audio_info.channels, "duration_s": round(audio_info.duration, 4),
+                      "sample_format": audio_info.sample_fmt, "duration_from": audio_info.duration_from,
+                      "carried": carry.as_dict()},
             "output": {"frames": plan.n_out, "duration_s": round(plan.n_out / plan.fps, 4)},
             "face_track": {"frames_with_face": with_face, "frames_without_face": plan.n_out - with_face,
                            "detector_calls": sc.detector_calls, "shots": len(sc.cuts),
                            "box_jitter": track.jitter(boxes)},
         })
-        files = {"output.mp4": output}
+        files = {carry.filename: output}
         if sheet.write(scratch / "preview.jpg", plan.fps):
             files["preview.jpg"] = scratch / "preview.jpg"
         if verdict != "absent":  # replacing a render: it must stop looking finished before any file changes

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -51,9 +53,12 @@ class Colour:
 @dataclass(frozen=True)
 class AudioInfo:
     codec: str
-    sample_rate: int
+    sample_rate: int  # Hz
     channels: int
-    duration: float
+    duration: float  # seconds: from the header, or counted from the decoded samples when it has none
+    sample_fmt: str = ""  # ffmpeg's decoded sample format: s16, s32, flt, fltp, dbl, ...
+    bits: int = 0  # significant bits per sample when ffprobe knows them (bits_per_raw_sample), else 0
+    duration_from: str = "header"  # "header", or "decoded" where the file states no duration (browser WebM)
 
 
 def _ffprobe(path: Path, field: str) -> dict:
@@ -168,12 +173,44 @@ def probe_video(path: Path, field: str = "spec.video") -> VideoInfo:
 
 
 def probe_audio(path: Path, field: str = "spec.audio") -> AudioInfo:
+    """The speech stream's facts. A file that states no duration (WebM/Opus as browsers record it,
+    streamed Ogg, ...) is timed from its decoded samples rather than refused; InvalidMedia when
+    nothing decodes, NoAudioStream when there is no audio stream."""
     info = _ffprobe(path, field)
     streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
     if not streams:
         raise NoAudioStream(f"{field} {str(path)!r} has no audio stream: give a speech file (WAV, AAC, MP3, Opus, FLAC)", stage="probe")
     s = streams[0]
-    duration = _duration(info, s)
+    rate = int(s.get("sample_rate", 0) or 0)
+    duration, source = _duration(info, s), "header"
     if duration <= 0:
-        raise InvalidMedia(f"{field} {str(path)!r}: the audio stream has no duration", stage="probe")
-    return AudioInfo(s.get("codec_name", "?"), int(s.get("sample_rate", 0)), int(s.get("channels", 0)), duration)
+        duration, source = decoded_duration(path, rate, field), "decoded"
+    if duration <= 0:
+        raise InvalidMedia(f"{field} {str(path)!r}: the audio stream decodes to no samples", stage="probe")
+    try:
+        bits = int(s.get("bits_per_raw_sample") or s.get("bits_per_sample") or 0)
+    except ValueError:
+        bits = 0
+    return AudioInfo(s.get("codec_name", "?"), rate, int(s.get("channels", 0)), duration,
+                     str(s.get("sample_fmt", "")), bits, source)
+
+
+def decoded_duration(path: Path, rate: int, field: str = "spec.audio") -> float:
+    """Seconds of audio the first audio stream decodes to, counted sample by sample (mono 16-bit at
+    the stream's own rate, streamed through a pipe and discarded: nothing is held)."""
+    rate = rate if rate > 0 else 48000
+    argv = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", str(rate),
+            "-f", "s16le", "pipe:1"]
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: a chatty ffmpeg cannot block on it
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=errors)
+        assert proc.stdout is not None
+        size = 0
+        while chunk := proc.stdout.read(1 << 20):
+            size += len(chunk)
+        code = proc.wait()
+        errors.seek(0)
+        err = errors.read().decode(errors="replace").strip().splitlines()
+    if code != 0:
+        raise InvalidMedia(f"{field} {str(path)!r} states no duration and does not decode "
+                           f"({err[-1] if err else code}): is the file complete?", stage="probe")
+    return size / 2 / rate
