@@ -64,8 +64,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY runner/ runner/
 COPY operator/ operator/
-# torch is already satisfied by the VARIANT's build, so the project does not pull another one.
-RUN pip install ".[operator]" \
+# The [wav2lip] extra's torch is already satisfied by the VARIANT's build, so the project does not
+# pull another one. (Without the extra, the project and operator need no torch at all.)
+RUN pip install ".[operator,wav2lip]" \
  && python -c "import torch, lipsync, lipsync_operator; print('torch', torch.__version__)" \
  && command -v lipsync lipsync-operator
 

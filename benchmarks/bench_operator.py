@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    /work/venv/bin/python benchmarks/bench_operator.py            # 500 jobs, budget 2
-    /work/venv/bin/python benchmarks/bench_operator.py --jobs 100 --complete 20
+    .venv/bin/python benchmarks/bench_operator.py            # 500 jobs, budget 2
+    .venv/bin/python benchmarks/bench_operator.py --jobs 100 --complete 20
 
 What it does (the benchmark plays the Job controller and kubelet, as the tests do):
 

@@ -1,26 +1,32 @@
-"""Runner benchmark: ratios measured side by side in one run, on the same machine.
+"""Runner benchmark: the render's cost over the transcode it cannot avoid, measured side by side.
 
-    .venv/bin/python benchmarks/bench_runner.py            # 1080p, 10 s and 60 s clips (a few minutes)
-    .venv/bin/python benchmarks/bench_runner.py --quick    # 720p, 4 s and 16 s (about a minute)
+    .venv/bin/python benchmarks/bench_runner.py                  # 720p, 1080p, 4K; 10 s; 3 pairs (long)
+    .venv/bin/python benchmarks/bench_runner.py --sizes 1080p --pairs 5 --seconds 10
+    .venv/bin/python benchmarks/bench_runner.py --wav2lip        # adds Wav2Lip memory rows (weights built on the spot)
 
-Prints:
-1. runner wall time ÷ a bare ffmpeg decode+encode of the same clip at the same settings
-   (what the lip-sync work costs on top of the unavoidable transcode);
-2. peak RSS of the runner on a short clip vs a 6× (quick: 4×) longer one (streaming: it should stay flat);
-3. face-track fps with detection every 5 frames (tracking in between) ÷ detection on every frame.
+For each clip size and encoder setting (the spec's defaults, medium crf 18, and veryfast crf 20)
+it runs a bare ``ffmpeg`` decode+x264 encode of the clip and the whole runner (baseline model,
+``follow: video``) in *pairs*, interleaved (bare, runner, bare, runner, ...), and prints the
+median and range of runner ÷ bare over the pairs for wall seconds and CPU seconds (user+sys of
+the whole process tree). These machines are noisy: only paired ratios mean anything.
+
+It also prints the whole process tree's peak resident memory (sampled every 20 ms, ffmpeg
+children included: what a pod's memory limit sees) ÷ the bare transcode's, at 1080p and 4K.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,65 +34,110 @@ sys.path.insert(0, str(ROOT / "runner"))
 
 from lipsync.sample import VideoRecipe, make_speech, make_video  # noqa: E402
 
+SIZES = {"720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
+SETTINGS = {"defaults": ("medium", 18), "veryfast": ("veryfast", 20)}
 TEXT = "The quick brown fox jumps over the lazy dog. " * 12
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of a command, the child's own accounting."""
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user+sys, the whole tree) and peak tree RSS (MiB) of a command."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    peak, stop = [0], threading.Event()
+
+    def sample() -> None:
+        ps = psutil.Process(proc.pid)
+        while not stop.is_set():
+            total = 0
+            try:
+                for p in [ps, *ps.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                break
+            peak[0] = max(peak[0], total)
+            stop.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
     if status != 0:
-        raise RuntimeError(f"{cmd[:3]} failed: {proc.stderr.read().decode()[-500:] if proc.stderr else status}")
-    return wall, usage.ru_maxrss / 1024
+        raise RuntimeError(f"{cmd[:4]} failed: {proc.stderr.read().decode()[-800:] if proc.stderr else status}")
+    return wall, usage.ru_utime + usage.ru_stime, peak[0] / 2**20
 
 
-def job(folder: Path, name: str, video: Path, audio: Path, **spec) -> Path:
+def job(folder: Path, name: str, video: Path, audio: Path, preset: str, crf: int, **spec) -> Path:
     doc = {"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob", "metadata": {"name": name},
            "spec": {"video": str(video), "audio": str(audio), "timing": {"follow": "video"},
-                    "output": {"uri": str(folder / name), "preset": "veryfast", "crf": 20}, **spec}}
+                    "output": {"uri": str(folder / name), "preset": preset, "crf": crf, "overwrite": True}, **spec}}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
 
-def run(path: Path) -> tuple[float, float, dict]:
-    wall, _ = timed([sys.executable, "-m", "lipsync.cli", "run", str(path), "--log-format", "json"])
-    metrics = json.loads((Path(yaml.safe_load(path.read_text())["spec"]["output"]["uri"]) / "metrics.json").read_text())
-    return wall, metrics["peak_rss_mb"], metrics
+def bare(src: Path, dest: Path, preset: str, crf: int) -> list[str]:
+    return ["ffmpeg", "-y", "-loglevel", "error", "-i", str(src), "-an", "-c:v", "libx264", "-preset", preset,
+            "-crf", str(crf), "-pix_fmt", "yuv420p", str(dest)]
+
+
+def runner(path: Path) -> list[str]:
+    return [sys.executable, "-m", "lipsync.cli", "run", "--force", "--log-format", "json", str(path)]
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):5.2f} ({min(values):.2f}–{max(values):.2f})"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="720p,1080p,4k")
+    ap.add_argument("--settings", default="defaults,veryfast")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--wav2lip", action="store_true", help="also Wav2Lip (formula weights: speed does not depend on values) at its default batch size")
     args = ap.parse_args()
-    w, h, short, long_ = (1280, 720, 4.0, 16.0) if args.quick else (1920, 1080, 10.0, 60.0)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "runner")}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         speech = make_speech(d / "speech.wav", TEXT)
-        clips = {s: make_video(d / f"clip{s:g}.mp4", VideoRecipe(width=w, height=h, seconds=s)) for s in (short, long_)}
-        os.environ["PYTHONPATH"] = str(ROOT / "runner")
-        rows = []
+        weights = None
+        if args.wav2lip:
+            sys.path.insert(0, str(ROOT))
+            from tests.wav2lip_weights import write_formula_checkpoint
 
-        ff_wall, ff_rss = timed(["ffmpeg", "-y", "-loglevel", "error", "-i", str(clips[short]), "-an", "-c:v", "libx264",
-                                 "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", str(d / "bare.mp4")])
-        r_wall, r_rss, m_short = run(job(d, "short", clips[short], speech))
-        rows.append(("runner wall ÷ bare ffmpeg decode+encode", f"{r_wall:.1f} s / {ff_wall:.1f} s", r_wall / ff_wall))
-
-        l_wall, l_rss, m_long = run(job(d, "long", clips[long_], speech))
-        rows.append((f"peak RSS {long_:g} s ÷ {short:g} s clip (runner process)", f"{l_rss:.0f} MiB / {r_rss:.0f} MiB",
-                     l_rss / r_rss))
-
-        _, _, m_every = run(job(d, "every", clips[short], speech, face={"detectEvery": 1}))
-        t5, t1 = m_short["stages"]["track"]["fps"], m_every["stages"]["track"]["fps"]
-        rows.append(("face-track fps: detect every 5 ÷ every frame", f"{t5:.1f} / {t1:.1f} fps", t5 / t1))
-
-        print(f"clip {w}x{h} @25 fps, {short:g} s and {long_:g} s; baseline model; CPU")
-        for name, detail, ratio in rows:
-            print(f"  {name:<48} {detail:>26}   ratio {ratio:5.2f}")
-        print(f"  render stage: {m_short['stages']['render']['fps']} fps; track stage: {t5} fps; "
-              f"runner peak RSS {r_rss:.0f} MiB")
+            weights = write_formula_checkpoint(d / "wav2lip.pth")
+        print(f"{args.seconds:g} s clips at 25 fps, baseline model, {psutil.cpu_count()} cores, "
+              f"{args.pairs} interleaved pairs; runner ÷ bare ffmpeg decode+x264 at the same settings: median (range)")
+        print(f"{'clip':<7}{'setting':<10}{'wall':>22}{'CPU s':>22}{'peak tree memory':>24}")
+        for size in args.sizes.split(","):
+            w, h = SIZES[size]
+            src = make_video(d / f"{size}.mp4", VideoRecipe(width=w, height=h, seconds=args.seconds))
+            for setting in args.settings.split(","):
+                preset, crf = SETTINGS[setting]
+                path = job(d, f"{size}-{setting}", src, speech, preset, crf)
+                walls, cpus, mems = [], [], []
+                for _ in range(args.pairs):
+                    bw, bc, bm = measure(bare(src, d / "bare.mp4", preset, crf))
+                    rw, rc, rm = measure(runner(path), env)
+                    walls.append(rw / bw)
+                    cpus.append(rc / bc)
+                    mems.append(rm / bm)
+                print(f"{size:<7}{setting:<10}{spread(walls):>22}{spread(cpus):>22}{spread(mems):>24}"
+                      f"   (last pair: runner {rw:.1f} s / {rc:.1f} CPU s / {rm:.0f} MiB, bare {bw:.1f} s / {bc:.1f} / {bm:.0f})",
+                      flush=True)
+            if weights is not None and size in ("1080p", "4k"):
+                preset, crf = SETTINGS["defaults"]
+                path = job(d, f"{size}-wav2lip", src, speech, preset, crf,
+                           model={"name": "wav2lip", "weights": str(weights), "options": {"device": "cpu"}})
+                bw, bc, bm = measure(bare(src, d / "bare.mp4", preset, crf))
+                rw, rc, rm = measure(runner(path), env)
+                print(f"{size:<7}{'wav2lip':<10}{rw / bw:>22.2f}{rc / bc:>22.2f}{rm / bm:>24.2f}"
+                      f"   (runner {rw:.1f} s / {rm:.0f} MiB, bare {bw:.1f} s / {bm:.0f} MiB)", flush=True)
 
 
 if __name__ == "__main__":

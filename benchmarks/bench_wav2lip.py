@@ -2,13 +2,13 @@
 
 Run from the repository root (about 40 s on 2 idle cores, more when they are shared):
 
-    PYTHONPATH=runner /work/venv/bin/python benchmarks/bench_wav2lip.py
+    .venv/bin/python benchmarks/bench_wav2lip.py
 
 and with glibc keeping freed memory instead of unmapping every >32 MB activation after use
 (which costs ~100k page faults per batch-16 forward; 25-80 % more frames/s seen here):
 
     GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2147483648:glibc.malloc.trim_threshold=4294967296 \
-        PYTHONPATH=runner /work/venv/bin/python benchmarks/bench_wav2lip.py
+        .venv/bin/python benchmarks/bench_wav2lip.py
 
 The last rows run the whole pipeline (`lipsync run`'s code, in this process) on a generated
 720p clip with a face in every frame, and divide its render-stage frames/s (decode → crop → model

@@ -26,7 +26,7 @@ OPERATOR_ENV = {
     "LIPSYNC_RUNNER_CPU", "LIPSYNC_RUNNER_MEMORY", "LIPSYNC_PROGRESS_INTERVAL", "LIPSYNC_METRICS_PORT",
     "LIPSYNC_HEALTH_PORT", "LIPSYNC_COMMAND_POLICY", "LIPSYNC_JOB_NAMESPACES",
     "LIPSYNC_RUNNER_EPHEMERAL_STORAGE", "LIPSYNC_SCRATCH_SIZE_LIMIT", "LIPSYNC_MAX_INPUT_BYTES",
-    "LIPSYNC_MAX_WEIGHTS_BYTES", "LIPSYNC_DOWNLOAD_DEADLINE_SECONDS",
+    "LIPSYNC_MAX_WEIGHTS_BYTES", "LIPSYNC_DOWNLOAD_DEADLINE_SECONDS", "LIPSYNC_OUTPUT_PREFIX",
     "LIPSYNC_LEASE_NAMESPACE", "LIPSYNC_LEASE_NAME",
 }
 
@@ -45,6 +45,7 @@ CUSTOM_VALUES: dict[str, Any] = {
         "memory": "32Gi",
         "progressInterval": 2.5,
         "commandPolicy": {"research": ["*"], "*": ["/opt/musetalk/run.sh"]},
+        "outputPrefix": "s3://renders/{namespace}/",
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/lipsync"},
                            "imagePullSecrets": [{"name": "registry-creds"}]},
     },
@@ -415,3 +416,36 @@ def test_two_replicas_elect_a_leader(replicas: int):
 def test_more_replicas_than_supported_are_refused():
     with pytest.raises(Exception, match="replicas"):
         render({"operator": {"replicas": 5}})
+
+
+def test_metrics_port_0_turns_metrics_off():
+    from lipsync_operator.settings import Settings
+
+    docs = render({"metrics": {"port": 0, "serviceMonitor": {"enabled": True}}})
+    for doc in docs:
+        k8s_validate(doc)
+    assert by_kind(docs, "Service") == [] and by_kind(docs, "ServiceMonitor") == []
+    c = operator_container(docs)
+    assert [p["name"] for p in c["ports"]] == ["health"]
+    assert Settings.from_env(env_of(docs)).metrics_port == 0  # the operator serves nothing
+
+
+def test_output_prefix_reaches_the_operator():
+    from lipsync_operator.settings import Settings
+
+    settings = Settings.from_env(env_of(render(CUSTOM_VALUES)))
+    assert settings.cluster_policy("renders").output_prefix == "s3://renders/renders/"
+    assert "LIPSYNC_OUTPUT_PREFIX" not in env_of(render())
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError):
+        chart.validate_schema({"runner": {"outputPrefix": "s3://renders/shared/"}})  # no {namespace}
+
+
+def test_install_doc_has_the_security_model():
+    """What a LipSyncJob author can and cannot do, and each setting it names is a chart value
+    (test_install_doc_matches_the_chart checks the names)."""
+    doc = (ROOT / "docs/install.md").read_text()
+    section = doc.split("### Security model", 1)[1]
+    assert "**A LipSyncJob author can**" in section and "**A LipSyncJob author cannot**" in section
+    for setting in ("runner.commandPolicy", "runner.outputPrefix", "runner.jobNamespaces", "runner.downloads",
+                    "s3.existingSecret"):
+        assert f"`{setting}" in section, setting

@@ -24,6 +24,8 @@ from lipsync.video.track import detect_faces
 
 from .media import clip, frames, job_file, packet_md5, peak_rss, psnr, reencode, run_cli, speech, stream
 
+pytestmark = pytest.mark.slow  # renders or scores whole clips: `-m "not slow"` skips them
+
 TOOLS = Path(__file__).parent / "tools"
 TOOL = TOOLS / "mouth_envelope.py"
 

@@ -24,6 +24,8 @@ from .media import face_and_empty, run_cli
 
 OUT = "s3://lipsync/renders/promo"
 
+pytestmark = pytest.mark.slow  # renders or scores whole clips: `-m "not slow"` skips them
+
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory) -> Path:
@@ -44,10 +46,10 @@ def keys(prefix: str) -> list[str]:
     return sorted(o.object_name for o in s3.client_from_env().list_objects(s3server.BUCKET, prefix, recursive=True))
 
 
-def cluster_job(tmp_path: Path, video: str, audio: str) -> dict:
+def cluster_job(tmp_path: Path, video: str, audio: str, out: str = OUT) -> dict:
     doc = {"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
            "metadata": {"name": "promo", "namespace": "media", "uid": "1f0c-uid"},
-           "spec": {"video": video, "audio": audio, "output": {"uri": OUT, "preset": "ultrafast"}}}
+           "spec": {"video": video, "audio": audio, "output": {"uri": out, "preset": "ultrafast"}}}
     return jobs.job_manifest(parse_job(doc), SETTINGS)
 
 
@@ -138,3 +140,42 @@ def test_result_message_fits_a_termination_message(bucket, tmp_path):
     message = pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
     assert len(message.encode()) <= 4096  # the kubelet truncates termination messages beyond 4 KiB
     assert json.loads(message)["phase"] == "Succeeded"
+
+
+def test_long_output_uri_termination_message_fits_and_parses(bucket, tmp_path):
+    """The longest output.uri the schema takes: all four artifact URIs reach status intact."""
+    out = "s3://lipsync/renders/" + "x" * (512 - len("s3://lipsync/renders/"))
+    manifest = cluster_job(tmp_path, f"{bucket}/face.mp4", f"{bucket}/speech.wav", out=out)
+    pod, _ = run_pod(manifest, tmp_path)
+    message = pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+    assert len(message.encode()) <= 4096
+    assert json.loads(message)["artifacts"]["video"] == f"{out}/output.mp4"
+    st = status.from_job(None, finished_job(manifest, "Complete"), [pod], generation=1, now="2026-11-25T10:00:02Z")
+    assert st["artifacts"] == {"video": f"{out}/output.mp4", "preview": f"{out}/preview.jpg",
+                               "metrics": f"{out}/metrics.json", "log": f"{out}/run.log"}
+
+
+def test_a_longer_output_uri_is_refused_up_front():
+    from lipsync.errors import InvalidSpec
+
+    doc = {"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob", "metadata": {"name": "p"},
+           "spec": {"video": "s3://lipsync/v.mp4", "audio": "s3://lipsync/a.wav",
+                    "output": {"uri": "s3://lipsync/" + "y" * 1000}}}
+    with pytest.raises(InvalidSpec, match="spec.output.uri.*512"):
+        parse_job(doc)
+
+
+def test_result_text_always_fits_and_parses():
+    from lipsync.cli import result_text
+
+    out = "s3://lipsync/" + "z" * 499
+    artifacts = {k: f"{out}/{n}" for k, n in (("video", "output.mp4"), ("preview", "preview.jpg"),
+                                              ("metrics", "metrics.json"), ("log", "run.log"))}
+    for message in ("é😀" * 5000, "x" * 100_000, 'quote " and \\ backslash \n' * 900, ""):
+        for arts in (artifacts, {k: v + "/" + "w" * 3000 for k, v in artifacts.items()}):
+            text = result_text({"phase": "Failed", "reason": "ModelFailed", "message": message, "artifacts": arts})
+            assert len(text.encode()) <= 4096
+            doc = json.loads(text)
+            assert doc["phase"] == "Failed" and doc["reason"] == "ModelFailed"
+            if arts is artifacts:
+                assert doc["artifacts"] == artifacts  # kept whole; the message gives way

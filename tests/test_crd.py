@@ -226,3 +226,32 @@ def test_kubectl_explain_documents_the_spec():
     walk(SCHEMA["properties"]["spec"], "spec")
     assert SCHEMA.get("description")
     assert missing <= UNDESCRIBED_SPEC_FIELDS, f"add a Field(description=...) in spec.py for {sorted(missing - UNDESCRIBED_SPEC_FIELDS)}"
+
+
+@pytest.mark.parametrize("model,ok", [
+    ({"name": "wav2lip", "weights": "s3://models/w.pth", "options": {"batchSize": 128}}, True),
+    ({"name": "wav2lip", "weights": "s3://models/w.pth", "options": {"batch_size": 128, "device": "cpu"}}, True),
+    ({"name": "wav2lip", "weights": "s3://models/w.pth", "options": {"batchsize": 128}}, False),
+    ({"name": "wav2lip", "weights": "s3://models/w.pth", "options": {"device": "gpu"}}, False),
+    ({"name": "wav2lip", "weights": "s3://models/w.pth", "options": {"gain": 2.0}}, False),
+    ({"options": {"gain": 2.0}}, True),
+    ({"options": {"gian": 2.0}}, False),
+    ({"name": "latentsync", "weights": "s3://models/ls/", "options": {"version": "1.6", "inferenceSteps": 30}}, True),
+    ({"name": "latentsync", "weights": "s3://models/ls/", "options": {"version": "2.0"}}, False),
+    ({"name": "command", "command": ["t"], "options": {"cropSize": 256, "timeoutSeconds": 5}}, True),
+    ({"name": "command", "command": ["t"], "options": {"crop": 256}}, False),
+])
+@_NEED_CEL
+def test_model_options_are_checked_per_model_by_the_api_server(model, ok):
+    """A misspelled option (``batchsize``) is refused at ``kubectl apply``, as the operator would."""
+    cel_ok, py_ok = _cel_agrees_with_pydantic(model)
+    assert (cel_ok, py_ok) == (ok, ok), model
+    if not ok:
+        with pytest.raises(AssertionError, match="option"):
+            admit(_job(model=model), SCHEMA)
+
+
+def test_option_rules_are_cost_bounded_and_the_output_uri_fits_a_termination_message():
+    options = SCHEMA["properties"]["spec"]["properties"]["model"]["properties"]["options"]
+    assert options["maxProperties"] == 16  # the API server refuses CEL over unbounded maps
+    assert SCHEMA["properties"]["spec"]["properties"]["output"]["properties"]["uri"]["maxLength"] == 512

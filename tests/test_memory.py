@@ -6,7 +6,11 @@ benchmarks/bench_runner.py.
 
 from __future__ import annotations
 
+import pytest
+
 from .media import peak_rss, speech
+
+pytestmark = pytest.mark.slow  # renders or scores whole clips: `-m "not slow"` skips them
 
 
 def test_peak_memory_flat_in_clip_length(tmp_path):

@@ -35,3 +35,4 @@ def test_ordinary_messages_are_left_alone():
                  "[fetch] InputNotFound: s3://media/in/face.mp4 does not exist",
                  "no face was found in the video"):
         assert redact(text, ()) == text
+

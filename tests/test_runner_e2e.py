@@ -20,6 +20,8 @@ from lipsync.video.track import detect_faces
 from .media import (clip, ffmpeg, frames, job_file, packet_lines, packet_md5, probe, psnr, reencode, sample_md5, speech, stream,
                     video_duration)
 
+pytestmark = pytest.mark.slow  # renders or scores whole clips: `-m "not slow"` skips them
+
 
 @pytest.fixture(scope="session")
 def media(tmp_path_factory) -> Path:
@@ -199,9 +201,10 @@ def test_two_faces_only_the_selected_one_changes(media, tmp_path):
                     face={"select": "index", "index": 1})
     got, ref = frames(out), frames(reencode(two, tmp_path / "ref.mp4", preset="ultrafast"))
     h, w = got.shape[1:3]
-    left, right = (slice(None), slice(0, w // 2)), (slice(None), slice(w // 2, w))
+    left = (slice(None), slice(0, w // 2))
+    right_mouth = (slice(int(0.4 * h), int(0.6 * h)), slice(int(0.68 * w), int(0.8 * w)))  # the right face's mouth
     assert psnr(got[:, left[0], left[1]], ref[:, left[0], left[1]]) > 40
-    assert psnr(got[:, right[0], right[1]], ref[:, right[0], right[1]]) < 40
+    assert psnr(got[:, right_mouth[0], right_mouth[1]], ref[:, right_mouth[0], right_mouth[1]]) < 35
 
 
 def test_rerun_is_a_no_op_and_another_job_is_refused(media, tmp_path):

@@ -104,6 +104,7 @@ def http_server(media):
     server.shutdown()
 
 
+@pytest.mark.slow
 def test_http_inputs_are_fetched(media, tmp_path, http_server):
     proc = run_job_file(tmp_path, video=f"{http_server}/face.mp4", audio=f"{http_server}/speech.wav")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -142,6 +143,7 @@ def test_validate_command(media, tmp_path):
     assert "needs spec.model.weights" in no.stderr
 
 
+@pytest.mark.slow
 def test_result_file_for_the_operator(media, tmp_path):
     result = tmp_path / "result.json"
     job = job_file(tmp_path, video=str(media / "face.mp4"), audio=str(media / "speech.wav"))

@@ -218,6 +218,7 @@ def test_put_refuses_names_outside_the_prefix(s3_server: S3Server, tmp_path: Pat
         store.put("output.mp4", tmp_path, content_type="video/mp4", metadata={"Job": "x"})
 
 
+@pytest.mark.slow
 def test_put_survives_a_server_restart_mid_upload(
     s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -14,6 +14,8 @@ from lipsync.io import s3
 from . import s3server
 from .media import clip, job_file, packet_lines, packet_md5, run_cli, speech, stream
 
+pytestmark = pytest.mark.slow  # renders or scores whole clips: `-m "not slow"` skips them
+
 @pytest.fixture
 def s3_server(tmp_path, monkeypatch):
     yield from s3server.running(tmp_path, monkeypatch)

@@ -20,6 +20,8 @@ from lipsync.score import OffsetSearch, score_video, search_offsets
 from . import media
 from .wav2lip_weights import write_formula_checkpoint
 
+pytestmark = pytest.mark.slow  # renders or scores whole clips: `-m "not slow"` skips them
+
 
 def unit_rows(n: int, seed: int) -> np.ndarray:
     rows = np.random.default_rng(seed).normal(size=(n, 512)).astype(np.float32)

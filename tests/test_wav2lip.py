@@ -123,6 +123,7 @@ def test_bare_state_dict_and_file_objects_load(tmp_path: Path, reference_mel: np
     )
 
 
+@pytest.mark.slow
 def test_legacy_serialization_loads(
     tmp_path: Path, formula_state: "OrderedDict[str, torch.Tensor]", reference_mel: np.ndarray
 ) -> None:
@@ -156,8 +157,13 @@ def test_missing_truncated_and_random_files_are_refused(tmp_path: Path, publishe
     assert "not a readable PyTorch checkpoint" in _refusal(truncated)
     noise = tmp_path / "noise.pth"
     noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    assert "not a readable PyTorch checkpoint" in _refusal(noise)
-    assert "not a readable PyTorch checkpoint" in _refusal(tmp_path)  # a folder, not a file
+    refusal = _refusal(noise)
+    assert "are not a PyTorch checkpoint" in refusal and "unknown data" in refusal
+    assert "weights_only" not in refusal  # never torch's advice to unpickle the file's code
+    assert "is a folder, not a checkpoint file" in _refusal(tmp_path)
+    page = tmp_path / "login.pth"
+    page.write_text("<!DOCTYPE html><html><body>Sign in</body></html>")
+    assert "an HTML or XML page" in _refusal(page)
 
 
 def _leave_mark(path: str) -> None:
@@ -177,7 +183,8 @@ class _Payload:
 def test_pickles_that_run_code_are_refused_unexecuted(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     path = _save({"state_dict": _Payload(marker)}, tmp_path / "code.pth")
-    assert "not a readable PyTorch checkpoint" in _refusal(path)
+    refusal = _refusal(path)
+    assert "cannot be loaded safely" in refusal and "weights_only" not in refusal
     assert not marker.exists()
 
 
@@ -241,6 +248,7 @@ def _spec(**options: object) -> ModelSpec:
     return ModelSpec(name="wav2lip", weights="w.pth", options=options)
 
 
+@pytest.mark.slow
 def test_from_spec_loads_weights_up_front(
     tmp_path: Path, published_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -282,6 +290,7 @@ def test_infer_feeds_the_network_as_trained(net: Wav2Lip, crops: np.ndarray, ref
     assert np.abs(out.astype(int) - expected_pixels.astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_batch_splitting_gives_the_same_result(net: Wav2Lip, crops: np.ndarray) -> None:
     frames = np.array([0, 7, 19, 3])
     whole = _prepared(net, 4).infer(crops, frames)

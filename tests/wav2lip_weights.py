@@ -1,6 +1,6 @@
 """Deterministic Wav2Lip weights by the conformance README's formula, for tests without real weights.
 
-The formula (``shared/wav2lip-reference/README.md``) gives every tensor of the published layout
+The formula (``tests/data/wav2lip-reference/README.md``) gives every tensor of the published layout
 values whose forward pass is recorded in ``wav2lip_out_reference.npy``; a checkpoint written here
 therefore checks the loader and the network together, and lets end-to-end tests run Wav2Lip
 without downloading the real 400 MB checkpoint.
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "wav2lip-reference"
+REFERENCE_DIR = Path(__file__).resolve().parent / "data" / "wav2lip-reference"
 
 
 _ADAM_GROUP = {"lr": 1e-4, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0, "amsgrad": False, "params": [0, 1]}

@@ -39,6 +39,10 @@ variable                             meaning                        default
 ``LIPSYNC_JOB_NAMESPACES``          comma-separated namespaces the (unset: all namespaces, for
                                      operator works in; LipSyncJobs  development; the chart
                                      elsewhere are left alone        always sets it)
+``LIPSYNC_OUTPUT_PREFIX``            where each namespace's outputs  (none: anywhere)
+                                     must go; ``{namespace}`` is
+                                     replaced, e.g.
+                                     ``s3://renders/{namespace}/``
 ``LIPSYNC_COMMAND_POLICY``           JSON object: namespace (or     ``{}`` (no ``command`` model
                                      ``*``) → programs a ``command``  anywhere)
                                      model may run (``["*"]``: any)
@@ -92,6 +96,7 @@ class Settings:
     health_port: int = 8080
     command_policy: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     job_namespaces: tuple[str, ...] = ()  # empty: every namespace (a ClusterRole's worth of access)
+    output_prefix: str | None = None  # a template: {namespace} is replaced
     runner_ephemeral_storage: str | None = None
     scratch_size_limit: str | None = None
     max_input_bytes: int | None = None
@@ -107,7 +112,8 @@ class Settings:
     def cluster_policy(self, namespace: str) -> ClusterPolicy:
         """What a LipSyncJob in ``namespace`` may ask for (lipsync.policy), the runner's copy included."""
         programs = (*self.command_policy.get(namespace, ()), *self.command_policy.get(ANY, ()))
-        return ClusterPolicy(commands=(ANY,) if ANY in programs else tuple(dict.fromkeys(programs)))
+        prefix = self.output_prefix.replace("{namespace}", namespace) if self.output_prefix else None
+        return ClusterPolicy(commands=(ANY,) if ANY in programs else tuple(dict.fromkeys(programs)), output_prefix=prefix)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -162,7 +168,16 @@ class Settings:
         def optional(name: str) -> int | None:
             return number(name, None, minimum=1) if text(name) is not None else None
 
+        output_prefix = text("LIPSYNC_OUTPUT_PREFIX")
+        if output_prefix is not None and not output_prefix.startswith("s3://"):
+            raise SettingsError(f"LIPSYNC_OUTPUT_PREFIX={output_prefix!r} must be an s3:// prefix, e.g. "
+                                "s3://renders/{namespace}/")
+        if output_prefix is not None and "{namespace}" not in output_prefix:
+            raise SettingsError(f"LIPSYNC_OUTPUT_PREFIX={output_prefix!r} must hold {{namespace}}: one prefix "
+                                "for every namespace would let them overwrite each other")
+
         return cls(
+            output_prefix=output_prefix,
             runner_ephemeral_storage=text("LIPSYNC_RUNNER_EPHEMERAL_STORAGE"),
             scratch_size_limit=text("LIPSYNC_SCRATCH_SIZE_LIMIT"),
             max_input_bytes=optional("LIPSYNC_MAX_INPUT_BYTES"),

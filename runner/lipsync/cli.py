@@ -6,11 +6,14 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from . import log, policy
 from .errors import REASONS, InvalidSpec, LipSyncError
+from .extras import require_torch
 from .redact import redact
 from .spec import LipSyncJob, iter_job_files, load_jobs, parse_job
 
@@ -140,9 +143,10 @@ def cmd_crd(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     """A check of a finished render, apart from `run`: it needs SyncNet weights the user brings."""
-    from .score import score_video
-
     try:
+        require_torch("lipsync score", stage="score")
+        from .score import score_video
+
         result = score_video(Path(args.video), Path(args.weights), audio=Path(args.audio) if args.audio else None)
     except LipSyncError as e:
         print(str(e), file=sys.stderr)
@@ -157,6 +161,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lipsync", description="Lip-sync rendering: LipSyncJob YAML in, video out.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="render the jobs in YAML files or folders")
@@ -186,11 +191,40 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" in a bare checkout."""
+    try:
+        return metadata.version("lipsync-operator")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (Kubernetes evicting or preempting the pod): unwind, clean up, exit 143.
+
+    A BaseException, like KeyboardInterrupt, so no stage mistakes it for its own failure: every
+    ``with`` on the way out stops its threads and ffmpeg children, and nothing is published."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "run" and not args.files and not args.job_env:
         parser().error("run: give job files or --job-env")
-    return args.func(args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return args.func(args)
+    except Terminated:
+        print("lipsync: stopped by SIGTERM: nothing was published", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; the same unwinding as SIGTERM
+        print(f"lipsync {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

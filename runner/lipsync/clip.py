@@ -4,14 +4,14 @@ of batches of crops.
 Three steps, each streaming, so memory stays flat whatever the clip's length:
 
 1. **crop pass** — the source is decoded once; every output frame that has a face is cut at the
-   model's size (the same ``crop.cut`` as for frame models) into a lossless crop clip, and the
+   model's size (the same face window as for frame models) into a lossless crop clip, and the
    speech under that frame goes into the model's WAV. The crop clip holds face frames only: a
    model given a frame without a face fails (LatentSync's detector raises) or invents one. Crop
    frame k is the k-th output frame with a face, so the face track itself is the mapping; and as
    the WAV is spliced the same way, picture and speech stay in step across the gaps.
 2. **model** — ``model.run_clip`` runs the program on the files and checks what it wrote.
 3. **overlay pass** — the source is decoded again in step with the model's clip, one frame of
-   each at a time; face frames are pasted back at full resolution (``overlay.paste``), the others
+   each at a time; face frames are pasted back at full resolution (``render.Converter.blend``, in the source's own planes), the others
    pass through untouched, and everything is encoded once, as for a frame model.
 
 The crop clip is H.264 with a zero quantiser in 4:4:4 (``-crf 0``: lossless for 8-bit x264) in
@@ -31,41 +31,48 @@ import numpy as np
 
 from .errors import InvalidMedia, ModelFailed
 from .models.base import ClipJob, ClipModel
-from .preview import Sheet
+from .io.probe import VideoInfo
+from .preview import TILE, Sheet
+from .render import Converter, FramePool, PlanarWriter, Timeline, converter_for, encoder_for
 from .spec import LipSyncJobSpec
-from .video import crop, overlay
+from .video import overlay
 from .video.decode import FrameReader, decode_command
 from .video.encode import FrameWriter, encode_command, even
-from .video.source import Source, source_index
+from .video.source import source_index
 from .video.track import CropBox
 
 CROP_PASS, MODEL_DONE = 0.15, 0.85  # the render stage's progress at the end of the crop pass and of the model
 
 
-def render_clip(spec: LipSyncJobSpec, model: ClipModel, source: Source, n_out: int, boxes: list[CropBox | None],
-                audio: np.ndarray, work: Path, dest: Path, sheet: Sheet, on_progress: Callable[[float], None]) -> int:
+def render_clip(spec: LipSyncJobSpec, model: ClipModel, timeline: Timeline, info: VideoInfo, n_out: int,
+                boxes: list[CropBox | None], audio: np.ndarray, work: Path, dest: Path, sheet: Sheet,
+                on_progress: Callable[[float], None]) -> int:
     """Crop clip → model → overlay → ``dest`` (video only); returns the frames written."""
     work.mkdir(parents=True, exist_ok=True)
-    track = [boxes[source_index(i, source.n_src)] for i in range(n_out)]
+    track = [boxes[source_index(i, timeline.n_src)] for i in range(n_out)]
     faces = [i for i, box in enumerate(track) if box is not None]
     job = ClipJob(video=work / "crop.mp4", audio=work / "speech.wav", output=work / "synced.mp4",
-                  fps=source.fps, frames=len(faces), size=even(model.crop_size))
+                  fps=timeline.fps, frames=len(faces), size=even(model.crop_size))
+    converter = converter_for(timeline, info)
     if faces:
-        write_crop_clip(source, track, job, lambda f: on_progress(CROP_PASS * f))
-        write_speech(job.audio, audio, model.audio_rate, float(source.fps), faces)
+        write_crop_clip(timeline, converter, track, job, lambda f: on_progress(CROP_PASS * f))
+        write_speech(job.audio, audio, model.audio_rate, float(timeline.fps), faces)
         model.run_clip(job)
     on_progress(MODEL_DONE)
-    return overlay_clip(spec, source, track, job, dest, sheet, lambda f: on_progress(MODEL_DONE + (1 - MODEL_DONE) * f))
+    return overlay_clip(spec, timeline, converter, encoder_for(dest, timeline, info, spec.output), track, job, sheet,
+                        lambda f: on_progress(MODEL_DONE + (1 - MODEL_DONE) * f))
 
 
-def write_crop_clip(source: Source, track: list[CropBox | None], job: ClipJob,
+def write_crop_clip(timeline: Timeline, converter: Converter, track: list[CropBox | None], job: ClipJob,
                     on_progress: Callable[[float], None]) -> None:
     argv = encode_command(job.video, job.size, job.size, job.fps, codec="libx264", crf=0, preset="ultrafast",
                           pix_fmt="yuv444p")
-    with FrameWriter(argv, job.size, job.size) as writer:
-        for i, frame in enumerate(source.frames(len(track))):
+    pool = FramePool(timeline.layout, 8)
+    with FrameWriter(argv, job.size, job.size) as writer, closing(timeline.pictures(pool, len(track))) as pictures:
+        for i, pic in enumerate(pictures):
             if (box := track[i]) is not None:
-                writer.write(crop.cut(frame, box, job.size))
+                writer.write(converter.window(pic, box, job.size))
+            pool.put(pic)
             if i % 25 == 0:
                 on_progress(i / len(track))
 
@@ -83,18 +90,18 @@ def write_speech(dest: Path, audio: np.ndarray, rate: int, fps: float, faces: li
         w.writeframes((np.clip(spliced, -1.0, 1.0) * 32767).astype("<i2").tobytes())
 
 
-def overlay_clip(spec: LipSyncJobSpec, source: Source, track: list[CropBox | None], job: ClipJob, dest: Path,
-                 sheet: Sheet, on_progress: Callable[[float], None]) -> int:
-    out = spec.output
-    argv = encode_command(dest, source.width, source.height, source.fps, codec=out.video_codec, crf=out.crf,
-                          preset=out.preset)
-    with FrameWriter(argv, source.width, source.height) as writer, closing(_synced_frames(job)) as synced:
-        for i, frame in enumerate(source.frames(len(track))):
-            result = frame
+def overlay_clip(spec: LipSyncJobSpec, timeline: Timeline, converter: Converter, encoder_argv: list[str],
+                 track: list[CropBox | None], job: ClipJob, sheet: Sheet, on_progress: Callable[[float], None]) -> int:
+    pool = FramePool(timeline.layout, 12)
+    with PlanarWriter(encoder_argv, pool.put) as writer, closing(_synced_frames(job)) as synced, \
+            closing(timeline.pictures(pool, len(track))) as pictures:
+        for i, pic in enumerate(pictures):
             if (box := track[i]) is not None:
-                result = overlay.paste(frame, box, next(synced), spec.padding)
-            sheet.offer(i, frame, result, box)
-            writer.write(result)
+                before = converter.window(pic, box, TILE) if sheet.wants(i) else None
+                converter.blend(pic, box, next(synced), overlay.mouth_mask(box.size, spec.padding)[:, :, 0])
+                if before is not None:
+                    sheet.add(i, before, converter.window(pic, box, TILE))
+            writer.write(pic)
             if i % 25 == 0:
                 on_progress(i / len(track))
     return writer.frames

@@ -26,7 +26,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, get_args
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
@@ -92,9 +92,41 @@ def _model_rules() -> list[dict[str, str]]:
     ]
 
 
+def _option_rules() -> list[dict[str, str]]:
+    """Per model: the option names it knows (camelCase or snake_case, as pydantic takes them), and
+    the allowed values of its string-enum options. Ranges and types stay with the operator's
+    pydantic check (options are free-form in the schema: CEL sees them as dynamic values)."""
+    rules = []
+    for model, options in MODEL_OPTIONS.items():
+        name = f"(has(self.name) ? self.name : 'baseline') != '{model}'"
+        keys = sorted({k for f, info in options.model_fields.items() for k in (f, info.alias or f)})
+        shown = sorted({info.alias or f for f, info in options.model_fields.items()})
+        listed = ", ".join(f"'{k}'" for k in keys)
+        rules.append({
+            "rule": f"{name} || !has(self.options) || self.options.all(k, k in [{listed}])",
+            "message": f"unknown option for model {model!r}: its options are {', '.join(shown) or '(none)'}",
+            "fieldPath": ".options",
+            "reason": "FieldValueInvalid",
+        })
+        for f, info in options.model_fields.items():
+            values = get_args(info.annotation) if get_origin(info.annotation) is Literal else ()
+            if not values or not all(isinstance(v, str) for v in values):
+                continue
+            allowed = ", ".join(f"'{v}'" for v in values)
+            for key in dict.fromkeys((info.alias or f, f)):
+                rules.append({
+                    "rule": f"{name} || !has(self.options) || !('{key}' in self.options) "
+                    f"|| self.options['{key}'] in [{allowed}]",
+                    "message": f"options.{key} of model {model!r} is one of {', '.join(values)}",
+                    "fieldPath": ".options",
+                    "reason": "FieldValueInvalid",
+                })
+    return rules
+
+
 # CEL rules by pydantic model (JSON Schema $defs) name. Keep them in step with the model
 # validators in spec.py; tests/test_crd.py evaluates each rule against pydantic on samples.
-RULES: dict[str, list[dict[str, str]]] = {"ModelSpec": _model_rules()}
+RULES: dict[str, list[dict[str, str]]] = {"ModelSpec": _model_rules() + _option_rules()}
 
 
 def _options_help() -> str:

@@ -110,6 +110,12 @@ class EncodeFailed(LipSyncError):
     reason = "EncodeFailed"
 
 
+class MissingDependency(LipSyncError):
+    """An optional dependency the job needs (PyTorch, for Wav2Lip and scoring) is not installed."""
+
+    reason = "MissingDependency"
+
+
 @dataclass(frozen=True)
 class Reason:
     exit_code: int
@@ -136,6 +142,7 @@ REASONS: dict[str, Reason] = {
     "EncodeFailed": Reason(23, False, "ffmpeg failed to encode or mux the output"),
     "StorageMisconfigured": Reason(24, False, "the S3 endpoint, TLS trust or request is wrong"),
     "NotAllowed": Reason(25, False, "the cluster's policy does not allow what the spec asks for"),
+    "MissingDependency": Reason(26, False, "an optional dependency (PyTorch) is not installed"),
     "StorageUnavailable": Reason(75, True, "storage did not answer; retried"),
     "InternalError": Reason(1, True, "an unexpected error"),
 }

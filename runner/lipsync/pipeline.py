@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +30,14 @@ from .io.fetch import fetch, is_remote, local_path, sha256
 from .io.probe import AudioInfo, VideoInfo, probe_audio, probe_video
 from .io.publish import ARTIFACTS, check_existing, mark_replacing, open_store, publish, refuse_other
 from .metrics import Metrics, StageFigures
-from .models import ClipModel, FrameModel, load_model
+from .models import ClipModel, FrameModel, check_dependencies, load_model
 from .preview import Sheet, pick
 from .spec import LipSyncJob, LipSyncJobSpec
-from .video import crop, overlay, track
+from . import render as render_engine
+from .video import track
 from .video.decode import FrameReader, decode_command
-from .video.encode import FrameWriter, encode_command
-from .video.remux import remux
-from .video.source import Source, source_index
+from .video.remux import audio_plan, remux
+from .video.source import source_index
 
 STAGE_WEIGHTS = {"fetch": 2, "track": 15, "render": 78, "remux": 3, "publish": 2}
 
@@ -77,16 +78,32 @@ def resolve(uri: str, base_dir: Path) -> str:
     return os.path.normpath(p if p.is_absolute() else (base_dir / p))
 
 
-def fetch_inputs(spec: LipSyncJobSpec, scratch: Path, base_dir: Path) -> Inputs:
+def fetch_media(spec: LipSyncJobSpec, scratch: Path, base_dir: Path) -> tuple[Path, Path, dict[str, str]]:
     video, video_sum = fetch(resolve(spec.video, base_dir), scratch, field="spec.video")
     audio, audio_sum = fetch(resolve(spec.audio, base_dir), scratch, field="spec.audio")
-    sums = {"video": video_sum, "audio": audio_sum}
-    weights = None
-    if spec.model.weights:
-        weights, weights_sum = fetch_weights(resolve(spec.model.weights, base_dir), scratch)
-        if weights_sum is not None:
-            sums["weights"] = weights_sum
-    return Inputs(video, audio, weights, sums)
+    return video, audio, {"video": video_sum, "audio": audio_sum}
+
+
+@dataclass(frozen=True)
+class Loaded:
+    model: FrameModel | ClipModel
+    weights: Path | None
+    checksum: str | None
+
+
+def load_weights_and_model(spec: LipSyncJobSpec, scratch: Path, base_dir: Path) -> Loaded:
+    """Fetch, hash and load the model (on a worker, beside probe and face track); an error that
+    names no stage is the fetch stage's."""
+    try:
+        weights, checksum = None, None
+        if spec.model.weights:
+            weights, checksum = fetch_weights(resolve(spec.model.weights, base_dir), scratch)
+        return Loaded(load_model(spec, weights), weights, checksum)
+    except LipSyncError as e:
+        e.stage = e.stage or "fetch"
+        raise
+    except Exception as e:
+        raise LipSyncError(f"unexpected {type(e).__name__}: {e}", stage="fetch") from e
 
 
 def fetch_weights(uri: str, scratch: Path) -> tuple[Path, str | None]:
@@ -125,6 +142,12 @@ def make_plan(spec: LipSyncJobSpec, video: VideoInfo, audio: AudioInfo, n_src: i
     return Plan(fps, n_src, n_src, trim)
 
 
+def spec_record(job: LipSyncJob) -> dict:
+    """The spec as metrics.json records it (JSON by alias, without output.overwrite): a later run
+    of the same job that is refused can then say which fields changed."""
+    return job.spec.model_dump(mode="json", by_alias=True, exclude={"output": {"overwrite"}})
+
+
 def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
     spec_json = job.spec.model_dump_json(by_alias=True, exclude={"output": {"overwrite"}})
     return {
@@ -136,21 +159,22 @@ def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
     }
 
 
-def track_faces(spec: LipSyncJobSpec, inputs: Inputs, info: VideoInfo, on_progress: Callable[[float], None]
+def track_faces(spec: LipSyncJobSpec, video: Path, info: VideoInfo, on_progress: Callable[[float], None]
                 ) -> tuple[list[track.CropBox | None], track.Scan]:
     (w, h), scale = track.analysis_size(info.width, info.height)
-    argv = decode_command(inputs.video, fps=info.fps, size=(w, h))
+    # Small frames on the render's own frame grid (start_time), so frame indices agree.
+    argv = decode_command(video, fps=info.fps, size=(w, h), start_time=info.start_time)
 
-    def frames():
-        with FrameReader(argv, w, h) as reader:
+    with FrameReader(argv, w, h) as reader:
+        def frames() -> Iterator[np.ndarray]:
             for i, frame in enumerate(reader):
                 if i % 25 == 0:
                     on_progress(min(0.99, i / max(1, info.frames_estimate)))
                 yield frame
 
-    sc = track.scan(frames(), scale, spec.face)
+        sc = track.scan(frames(), scale, spec.face)
     if sc.frames == 0:
-        raise InvalidMedia(f"spec.video {str(inputs.video)!r} decoded to no frames: is the file complete?", stage="track")
+        raise InvalidMedia(f"spec.video {str(video)!r} decoded to no frames: is the file complete?", stage="track")
     boxes = track.build_track(sc, fps=float(info.fps), padding=spec.padding, every=spec.face.detect_every)
     if not any(b is not None for b in boxes):
         raise NoFaceFound(
@@ -160,53 +184,14 @@ def track_faces(spec: LipSyncJobSpec, inputs: Inputs, info: VideoInfo, on_progre
     return boxes, sc
 
 
-def frames_in_flight(width: int, height: int, batch_size: int) -> int:
-    """How many full frames may wait for the model: 4 batches, within LIPSYNC_FRAME_BUFFER_MB (1024)."""
-    budget = float(os.environ.get("LIPSYNC_FRAME_BUFFER_MB", "1024")) * 1024 * 1024
-    return max(1, min(4 * batch_size, int(budget // (width * height * 3))))
-
-
-def render(spec: LipSyncJobSpec, model: FrameModel, source: Source, plan: Plan, boxes: list[track.CropBox | None],
-           dest: Path, sheet: Sheet, on_progress: Callable[[float], None], batch_size: int) -> int:
-    """Streams every output frame through crop → model → overlay → encoder; returns frames written."""
-    out = spec.output
-    argv = encode_command(dest, source.width, source.height, source.fps, codec=out.video_codec, crf=out.crf,
-                          preset=out.preset)
-    size = model.crop_size or 256
-    # Full frames wait for their batch to come back from the model: bound them by memory too.
-    in_flight = frames_in_flight(source.width, source.height, batch_size)
-    batch_size = min(batch_size, in_flight)
-    pending: list[tuple[int, np.ndarray, track.CropBox | None]] = []
-    crops: list[np.ndarray] = []
-    crop_frames: list[int] = []
-
-    def flush(writer: FrameWriter) -> None:
-        synced = model.infer(np.stack(crops), np.array(crop_frames)) if crops else None
-        k = 0
-        for i, frame, box in pending:
-            result = frame
-            if box is not None:
-                assert synced is not None
-                result = overlay.paste(frame, box, synced[k], spec.padding)
-                k += 1
-            sheet.offer(i, frame, result, box)
-            writer.write(result)
-        pending.clear()
-        crops.clear()
-        crop_frames.clear()
-        on_progress(writer.frames / plan.n_out)
-
-    with FrameWriter(argv, source.width, source.height) as writer:
-        for i, frame in enumerate(source.frames(plan.n_out)):
-            box = boxes[source_index(i, plan.n_src)]
-            pending.append((i, frame, box))
-            if box is not None:
-                crops.append(crop.cut(frame, box, size))
-                crop_frames.append(i)
-            if len(crops) >= batch_size or len(pending) >= in_flight:
-                flush(writer)
-        flush(writer)
-    return writer.frames
+def render(spec: LipSyncJobSpec, model: FrameModel, timeline: render_engine.Timeline, info: VideoInfo, plan: Plan,
+           boxes: list[track.CropBox | None], dest: Path, sheet: Sheet, on_progress: Callable[[float], None],
+           batch_size: int) -> int:
+    """Streams every output frame through the render engine into ``dest``; returns frames written."""
+    engine = render_engine.Engine(model, render_engine.converter_for(timeline, info), spec.padding, batch_size, sheet,
+                                  on_progress)
+    argv = render_engine.encoder_for(dest, timeline, info, spec.output)
+    return engine.run(timeline, plan.order(), boxes, argv)
 
 
 def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False, bar: bool = False) -> Result:
@@ -222,6 +207,7 @@ def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False,
         log.LOG.addHandler(run_log)
         if log.LOG.level == logging.NOTSET:  # called as a library, without log.setup()
             log.LOG.setLevel(logging.INFO)
+        metrics.memory.start()
         try:
             return _run(job, spec, scratch, base_dir, force, metrics, progress)
         except LipSyncError as e:
@@ -230,6 +216,7 @@ def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False,
                 "event": "failed", "job": job.metadata.name, "stage": e.stage, "reason": e.reason}})
             raise
         finally:
+            metrics.memory.stop()
             progress.close()
             log.LOG.removeHandler(run_log)
             run_log.close()
@@ -254,63 +241,101 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
     name = job.metadata.name
     log.event(f"job {name}: {spec.model.name} model", event="start", job=name, output=spec.output.uri)
 
+    with ThreadPoolExecutor(1, thread_name_prefix="weights") as loader:
+        return _stages(job, spec, scratch, base_dir, force, metrics, progress, loader)
+
+
+def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, force: bool,
+            metrics: Metrics, progress: log.Progress, loader: ThreadPoolExecutor) -> Result:
+    name = job.metadata.name
+    loading: Future[Loaded] | None = None
+    verdict: str = "absent"
+    found: dict | None = None
+
+    def settle() -> tuple[FrameModel | ClipModel, Inputs, dict]:
+        """Wait for the model; with its checksum the job's identity is complete."""
+        assert loading is not None
+        loaded = loading.result()
+        sums = dict(checksums)
+        if loaded.checksum is not None:
+            sums["weights"] = loaded.checksum
+        return loaded.model, Inputs(video, audio, loaded.weights, sums), identity(job, sums)
+
     with stage(metrics, "fetch"):
+        check_dependencies(spec)  # before any download: a runner without torch cannot run wav2lip
         store = open_store(resolve(spec.output.uri, base_dir))
-        inputs = fetch_inputs(spec, scratch, base_dir)
-        ident = identity(job, inputs.checksums)
-        verdict, found = check_existing(store, ident)
-        if verdict == "same-job" and not force:
-            return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
-        if verdict == "other-job" and not (force or spec.output.overwrite):
-            raise refuse_other(store, found)
-        video_info = probe_video(inputs.video)
-        audio_info = probe_audio(inputs.audio)
-        model = load_model(spec, inputs.weights)
+        video, audio, checksums = fetch_media(spec, scratch, base_dir)
+        # Weights are fetched, hashed and loaded while the media is probed and tracked.
+        loading = loader.submit(load_weights_and_model, spec, scratch, base_dir)
+        if store.get("metrics.json") is not None:  # something is there: the whole identity decides now
+            model, inputs, ident = settle()
+            verdict, found = check_existing(store, ident)
+            if verdict == "same-job" and not force:
+                return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
+            if verdict == "other-job" and not (force or spec.output.overwrite):
+                raise refuse_other(store, found, ident, spec_record(job))
+        video_info = probe_video(video)
+        audio_info = probe_audio(audio)
     progress.update("fetch", 1.0)
 
     with stage(metrics, "track") as fig:
-        boxes, sc = track_faces(spec, inputs, video_info, lambda f: progress.update("track", f))
+        boxes, sc = track_faces(spec, video, video_info, lambda f: progress.update("track", f))
         fig.frames = sc.frames
         plan = make_plan(spec, video_info, audio_info, sc.frames)
         order = plan.order()
         log.event(f"planned {plan.n_out} output frames from {plan.n_src} at {plan.fps:.3f} fps", event="plan",
                   job=name, faces=sum(b is not None for b in boxes), cuts=len(sc.cuts), detector_calls=sc.detector_calls)
 
+    with stage(metrics, "fetch"):
+        model, inputs, ident = settle()
+        if verdict == "absent":  # nothing was there when we looked: look again with the whole identity
+            verdict, found = check_existing(store, ident)
+            if verdict == "same-job" and not force:
+                return Result("unchanged", (found or {}).get("artifacts") or {}, found or {})
+            if verdict == "other-job" and not (force or spec.output.overwrite):
+                raise refuse_other(store, found, ident, spec_record(job))
+
     video_only = scratch / "encoded.mp4"
     with stage(metrics, "render") as fig:
-        source = Source(inputs.video, video_info.width, video_info.height, video_info.fps, plan.n_src)
+        timeline = render_engine.timeline_for(inputs.video, video_info, plan.n_src)
         sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
         speech = load_mono(inputs.audio, model.audio_rate)
         on_render = lambda f: progress.update("render", f)  # noqa: E731
         if isinstance(model, ClipModel):
-            fig.frames = render_clip(spec, model, source, plan.n_out, boxes, speech, scratch / "clip", video_only,
-                                     sheet, on_render)
+            fig.frames = render_clip(spec, model, timeline, video_info, plan.n_out, boxes, speech, scratch / "clip",
+                                     video_only, sheet, on_render)
         else:
             model.prepare(speech, plan.fps, plan.n_out)
             batch = getattr(model, "batch_size", 16)
-            fig.frames = render(spec, model, source, plan, boxes, video_only, sheet, on_render, batch)
+            fig.frames = render(spec, model, timeline, video_info, plan, boxes, video_only, sheet, on_render, batch)
 
-    output = scratch / "output.mp4"
+    carry = audio_plan(audio_info)  # output.mp4, or output.mov where MP4 cannot hold the speech exactly
+    output = scratch / carry.filename
     with stage(metrics, "remux"):
-        remux(video_only, inputs.audio, output, audio_codec=audio_info.codec, duration=plan.trim_audio_to)
+        if carry.note:
+            log.event(carry.note, logging.WARNING, event="audio-carried", job=name, **carry.as_dict())
+        remux(video_only, inputs.audio, output, plan=carry, duration=plan.trim_audio_to)
     progress.update("remux", 1.0)
 
     with stage(metrics, "publish"):
         with_face = sum(boxes[s] is not None for s in order)
         metrics.extra.update({
             "identity": ident,
+            "spec": spec_record(job),
             "model": spec.model.name,
             "video": {"width": video_info.width, "height": video_info.height, "fps": plan.fps,
                       "variable_rate": video_info.variable_rate, "rotation": video_info.rotation,
                       "source_frames": plan.n_src},
             "audio": {"codec": audio_info.codec, "sample_rate": audio_info.sample_rate,
-                      "channels": audio_info.channels, "duration_s": round(audio_info.duration, 4)},
+                      "channels": audio_info.channels, "duration_s": round(audio_info.duration, 4),
+                      "sample_format": audio_info.sample_fmt, "duration_from": audio_info.duration_from,
+                      "carried": carry.as_dict()},
             "output": {"frames": plan.n_out, "duration_s": round(plan.n_out / plan.fps, 4)},
             "face_track": {"frames_with_face": with_face, "frames_without_face": plan.n_out - with_face,
                            "detector_calls": sc.detector_calls, "shots": len(sc.cuts),
                            "box_jitter": track.jitter(boxes)},
         })
-        files = {"output.mp4": output}
+        files = {carry.filename: output}
         if sheet.write(scratch / "preview.jpg", plan.fps):
             files["preview.jpg"] = scratch / "preview.jpg"
         if verdict != "absent":  # replacing a render: it must stop looking finished before any file changes
@@ -321,9 +346,11 @@ def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, f
         metrics.extra["artifacts"] = artifacts
         log.event(f"rendered {plan.n_out} frames", event="render-done", job=name, **metrics.as_dict()["stages"]["render"])
         files["run.log"] = scratch / "run.log"
-        (scratch / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
-        files["metrics.json"] = scratch / "metrics.json"
         publish(store, files, meta)
+    # metrics.json last, once the publish stage's own figures are in it: it marks the render finished
+    (scratch / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
+    with stage(metrics, "publish"):
+        publish(store, {"metrics.json": scratch / "metrics.json"}, meta)
     progress.update("publish", 1.0)
     return Result("rendered", artifacts, metrics.as_dict())
 

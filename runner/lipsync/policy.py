@@ -9,6 +9,11 @@ in-cluster mode, ``LIPSYNC_IN_CLUSTER=1``, which the operator's Job sets) both a
   ``file://`` (the container's own files), or ``http://`` (plain text, and a probe of internal
   addresses through status messages) is refused with ``InvalidSpec``. (``.``/``..`` segments are
   refused in every URI by the schema itself, in and out of a cluster.)
+* **outputs**: with ``LIPSYNC_OUTPUT_PREFIX`` set on the operator (e.g.
+  ``s3://renders/{namespace}/``), a job's ``output.uri`` must lie under its namespace's prefix
+  (``NotAllowed`` otherwise), so no field of a job in one namespace (``overwrite: true``
+  included) reaches another namespace's renders. The runner gets the filled-in prefix as
+  ``LIPSYNC_OUTPUT_PREFIX``.
 * **programs**: a ``command`` model runs a program the author chose; it is refused unless the
   operator's ``LIPSYNC_COMMAND_POLICY`` allows that program in that namespace (reason
   ``NotAllowed``). The allowed programs reach the runner as ``LIPSYNC_ALLOW_COMMANDS``.
@@ -29,6 +34,7 @@ from .spec import LipSyncJobSpec
 
 IN_CLUSTER_ENV = "LIPSYNC_IN_CLUSTER"
 ALLOW_COMMANDS_ENV = "LIPSYNC_ALLOW_COMMANDS"
+OUTPUT_PREFIX_ENV = "LIPSYNC_OUTPUT_PREFIX"
 ANY = "*"
 # Models that run a program the job's author chose (latentsync runs the image's own program).
 PROGRAM_MODELS = frozenset({"command"})
@@ -36,9 +42,11 @@ PROGRAM_MODELS = frozenset({"command"})
 
 @dataclass(frozen=True)
 class ClusterPolicy:
-    """``commands``: programs (``argv[0]``, exactly) a command model may run; ``("*",)`` any; () none."""
+    """``commands``: programs (``argv[0]``, exactly) a command model may run; ``("*",)`` any; () none.
+    ``output_prefix``: the URI prefix every output must lie under (None: anywhere)."""
 
     commands: tuple[str, ...] = ()
+    output_prefix: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ClusterPolicy":
@@ -54,11 +62,21 @@ class ClusterPolicy:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise InvalidSpec(f"{ALLOW_COMMANDS_ENV} must be a JSON list of strings", stage="validate")
             commands = tuple(value)
-        return cls(commands=commands)
+        return cls(commands=commands, output_prefix=env.get(OUTPUT_PREFIX_ENV, "").strip() or None)
 
     def env(self) -> dict[str, str]:
         """The variables that carry this policy to the runner."""
-        return {ALLOW_COMMANDS_ENV: json.dumps(list(self.commands))}
+        out = {ALLOW_COMMANDS_ENV: json.dumps(list(self.commands))}
+        if self.output_prefix:
+            out[OUTPUT_PREFIX_ENV] = self.output_prefix
+        return out
+
+
+def under_prefix(uri: str, prefix: str) -> bool:
+    """Whether ``uri`` is ``prefix`` or lies below it, segment-wise (``s3://r/team-a`` does not
+    cover ``s3://r/team-ab``). URIs with '.'/'..' segments never reach here (the schema refuses them)."""
+    base = prefix.rstrip("/")
+    return uri.rstrip("/") == base or uri.startswith(base + "/")
 
 
 def in_cluster(env: Mapping[str, str] | None = None) -> bool:
@@ -83,6 +101,11 @@ def check(spec: LipSyncJobSpec, policy: ClusterPolicy, *, namespace: str | None 
                 f"{field} {uri!r}: in a cluster it must be {kinds}; local paths, file:// and http:// are "
                 "refused (they name the pod's own files, vanish with it, or reach internal addresses)",
                 stage="validate")
+    if policy.output_prefix and not under_prefix(spec.output.uri, policy.output_prefix):
+        where = f"namespace {namespace!r}" if namespace else "this job"
+        raise NotAllowed(
+            f"spec.output.uri {spec.output.uri!r} is outside {policy.output_prefix!r}, where outputs of {where} "
+            f"must go: write under {policy.output_prefix.rstrip('/')}/", stage="validate")
     model = spec.model
     if model.name in PROGRAM_MODELS:
         program = (model.command or [""])[0]

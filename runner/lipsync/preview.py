@@ -39,6 +39,13 @@ class Sheet:
         self.wanted = set(indices)
         self.tiles: list[tuple[int, np.ndarray, np.ndarray]] = []
 
+    def wants(self, i: int) -> bool:
+        return i in self.wanted
+
+    def add(self, i: int, before: np.ndarray, after: np.ndarray) -> None:
+        """Tiles already cut: (TILE, TILE, 3) uint8 BGR of the face before and after the model."""
+        self.tiles.append((i, before, after))
+
     def offer(self, i: int, before: np.ndarray, after: np.ndarray, box: CropBox | None) -> None:
         if i in self.wanted and box is not None:
             self.tiles.append((i, _tile(before, box), _tile(after, box)))

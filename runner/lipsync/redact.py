@@ -14,7 +14,8 @@ Event texts). Two nets:
   signature and credential of a presigned URL, PEM private keys.
 
 Both are replaced by ``[REDACTED]``. A false positive costs a few characters of a message; a miss
-leaks a key, so the shapes are generous.
+leaks a key, so the shapes are generous. Every repetition is bounded, so a long message costs
+linear time (a message is whatever a failure produced: it may be long).
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ _SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{12,}\b"), MARK),
     # name=value, name: value, "name": "value" where the name sounds secret
     (re.compile(r"""(?ix)
-        ( [\w.-]*(?:secret|token|passw(?:or)?d|credential|api[_-]?key|access[_-]?key|private[_-]?key|signature)[\w.-]*
-          ["']?\s*[:=]\s*["']? )
+        ( (?<![\w.-])[\w.-]{0,40}?(?:secret|token|passw(?:or)?d|credential|api[_-]?key|access[_-]?key|private[_-]?key|signature)[\w.-]{0,40}
+          ["']?\s{0,5}[:=]\s{0,5}["']? )
         ( [^\s"',;&}]+ )"""), r"\1" + MARK),
     (re.compile(r"(?i)\b(authorization\s*[:=]\s*)(\S+(?:\s+\S+)?)"), r"\1" + MARK),
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1" + MARK),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]*:[^/\s@]*@"), r"\1" + MARK + "@"),
+    (re.compile(r"(?i)(?<![a-z0-9+.-])([a-z][a-z0-9+.-]{0,20}://)[^/\s:@]{0,256}:[^/\s@]{0,256}@"), r"\1" + MARK + "@"),
     (re.compile(r"(?i)([?&]X-Amz-(?:Signature|Credential|Security-Token)=)[^&\s\"']+"), r"\1" + MARK),
 )
 

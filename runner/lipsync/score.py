@@ -160,9 +160,10 @@ def score_video(video: Path, weights: Path, *, audio: Path | None = None, device
     (see ``OffsetSearch``). ``windows`` counts the 5-frame windows with a face in every frame.
     """
     speech = audio or video
-    for path, field in ((video, "video"), (speech, "audio")):
+    # A missing input, the weights included, is InputNotFound (exit 11), as in `lipsync run`.
+    for path, field in ((video, "video"), (speech, "audio"), (weights, "--weights")):
         if not path.exists():
-            raise InputNotFound(f"{field} {str(path)!r} does not exist", stage="score")
+            raise InputNotFound(f"{field} {str(path)!r} does not exist: check the path", stage="score")
     net = load_syncnet(weights, device)
     info = probe_video(video, field="video")
     probe_audio(speech, field="audio")

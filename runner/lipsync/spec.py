@@ -7,6 +7,7 @@ as Kubernetes resources are; unknown fields are errors that name the field.
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal
@@ -30,6 +31,9 @@ API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "LipSyncJob"
 PLURAL = "lipsyncjobs"
 
+# The four artifact URIs (this plus a file name each) and a message must fit the kubelet's 4096-byte
+# termination message, which carries the runner's result to the operator.
+MAX_OUTPUT_URI = 512
 _URI_HELP = "a local path, an https:// URL or an s3://bucket/key URI"
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -121,7 +125,8 @@ class ModelSpec(_Model):
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Model-specific options, validated per model (see the README).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        # maxProperties bounds the CEL rules' cost (the API server refuses unbounded ones).
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "maxProperties": 16},
     )
 
     @field_validator("weights")
@@ -178,7 +183,8 @@ class TimingSpec(_Model):
 
 
 class OutputSpec(_Model):
-    uri: str = Field(..., description="Where artifacts go: a local folder, or an s3://bucket/prefix.")
+    uri: str = Field(..., max_length=MAX_OUTPUT_URI,
+                     description="Where artifacts go: a local folder, or an s3://bucket/prefix (at most 512 characters).")
     video_codec: Literal["libx264", "libx265"] = Field("libx264", description="Encoder for the output video.")
     crf: int = Field(18, ge=0, le=51, description="Constant rate factor: lower is better quality.")
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow"] = Field(
@@ -307,11 +313,25 @@ def iter_job_files(paths: Iterable[str | Path]) -> Iterator[Path]:
             yield p
 
 
+def meant_as_job(doc: dict) -> bool:
+    """Whether a document of another kind was meant as a LipSyncJob: its apiVersion is this API's
+    group, or its kind is ``LipSyncJob`` misspelt (other case, a letter or two off). Such a document
+    is an error (naming the file), never silently skipped."""
+    api = doc.get("apiVersion")
+    if isinstance(api, str) and api.split("/", 1)[0] == API_GROUP:
+        return True
+    kind = doc.get("kind")
+    if not isinstance(kind, str):
+        return False
+    return kind.lower() == KIND.lower() or difflib.SequenceMatcher(None, kind.lower(), KIND.lower()).ratio() >= 0.8
+
+
 def load_jobs(path: str | Path, *, only_jobs: bool = False) -> list[LipSyncJob]:
     """All LipSyncJobs in a (multi-document) YAML file.
 
     With ``only_jobs``, documents of other kinds (an Argo CD Application beside the jobs) are
-    skipped; otherwise they are errors.
+    skipped, unless they look meant as a LipSyncJob (``meant_as_job``: a misspelt kind); otherwise
+    they are errors. Raises InvalidSpec naming the file (and document) and the field.
     """
     path = Path(path)
     try:
@@ -325,7 +345,7 @@ def load_jobs(path: str | Path, *, only_jobs: bool = False) -> list[LipSyncJob]:
     jobs = []
     for i, doc in enumerate(docs):
         src = f"{path}" + (f" (document {i + 1})" if len(docs) > 1 else "")
-        if only_jobs and isinstance(doc, dict) and doc.get("kind") != KIND:
+        if only_jobs and isinstance(doc, dict) and doc.get("kind") != KIND and not meant_as_job(doc):
             continue
         jobs.append(parse_job(doc, source=src))
     return jobs

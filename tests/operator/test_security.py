@@ -183,3 +183,35 @@ def test_a_lipsyncjob_in_an_unmanaged_namespace_gets_no_job(cluster, run_operato
             assert cluster.list(JOBS, ns) == []
             assert (cluster.get(CRS, ns, name) or {}).get("status") is None  # left alone
             assert not (cluster.get(CRS, ns, name) or {}).get("metadata", {}).get("finalizers")
+
+
+def test_prefix_policy_refuses_a_cross_namespace_overwrite(cluster, run_operator):
+    """With an output prefix per namespace, no field of a job (overwrite: true included) reaches
+    another namespace's renders."""
+    with run_operator(LIPSYNC_OUTPUT_PREFIX="s3://media/out/{namespace}/"):
+        cluster.create(CRS, lipsyncjob("raid", model={"name": "baseline"},
+                                       output={"uri": "s3://media/out/team-b/promo", "overwrite": True}))
+        cluster.create(CRS, lipsyncjob("lookalike", model={"name": "baseline"},
+                                       output={"uri": "s3://media/out/renders-b/promo"}))
+        cluster.create(CRS, lipsyncjob("own", model={"name": "baseline"},
+                                       output={"uri": "s3://media/out/renders/promo", "overwrite": True}))
+        for name in ("raid", "lookalike"):
+            st = wait_status(cluster, name, phase="Failed")
+            assert st["reason"] == "NotAllowed" and "s3://media/out/renders/" in st["message"], st
+        (job,) = cluster.wait(lambda: cluster.list(JOBS, NS), message="the own-prefix Job")
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LIPSYNC_OUTPUT_PREFIX"] == "s3://media/out/renders/"
+    assert job["metadata"]["ownerReferences"][0]["name"] == "own"
+
+
+def test_the_runner_applies_the_prefix_policy_too(tmp_path):
+    doc = {"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
+           "metadata": {"name": "x", "namespace": "team-a", "uid": "u"},
+           "spec": {"video": "s3://media/v.mp4", "audio": "s3://media/a.wav",
+                    "output": {"uri": "s3://media/out/team-b/x", "overwrite": True}}}
+    result = tmp_path / "result.json"
+    env = {"LIPSYNC_JOB": json.dumps(doc), "LIPSYNC_IN_CLUSTER": "1", "LIPSYNC_RESULT_FILE": str(result),
+           "LIPSYNC_OUTPUT_PREFIX": "s3://media/out/team-a/"}
+    proc = run_cli("run", "--job-env", "LIPSYNC_JOB", "--log-format", "json", env=env)
+    assert proc.returncode == 25, proc.stdout + proc.stderr
+    assert json.loads(result.read_text())["reason"] == "NotAllowed"

@@ -87,3 +87,11 @@ def test_job_namespaces_scope_the_operator():
     assert "--all-namespaces" in kopf_args(settings=Settings.from_env({}))
     with pytest.raises(SettingsError, match="LIPSYNC_JOB_NAMESPACES"):
         Settings.from_env({"LIPSYNC_JOB_NAMESPACES": "Bad_Name"})
+
+
+def test_output_prefix_is_per_namespace():
+    s = Settings.from_env({"LIPSYNC_OUTPUT_PREFIX": "s3://renders/{namespace}/"})
+    assert s.cluster_policy("team-a").output_prefix == "s3://renders/team-a/"
+    for bad in ("s3://renders/shared/", "/tmp/{namespace}"):
+        with pytest.raises(SettingsError, match="LIPSYNC_OUTPUT_PREFIX"):
+            Settings.from_env({"LIPSYNC_OUTPUT_PREFIX": bad})

@@ -21,6 +21,7 @@ from .fetch import local_path
 
 ARTIFACTS = {  # name in the output -> (key in status.artifacts, content type)
     "output.mp4": ("video", "video/mp4"),
+    "output.mov": ("video", "video/quicktime"),  # speech MP4 cannot carry exactly (video.remux)
     "preview.jpg": ("preview", "image/jpeg"),
     "run.log": ("log", "text/plain"),
     "metrics.json": ("metrics", "application/json"),
@@ -95,6 +96,15 @@ def check_existing(store: Store, identity: dict) -> tuple[Verdict, dict | None]:
         return "same-job", found
     if found.get("replacing_with") == identity:  # this job's own replacement, interrupted: finish it
         return "absent", None
+    owner = found.get("identity") or found.get("replacing_with") or {}
+    mine = identity.get("namespace")
+    theirs = owner.get("namespace") if isinstance(owner, dict) else None
+    if mine and theirs and theirs != mine:
+        # Another namespace's render: no field of this job (output.overwrite included) replaces it.
+        raise OutputExists(
+            f"{store.uri} holds a render of job {owner.get('job')!r} in namespace {theirs!r}: a job in namespace "
+            f"{mine!r} never replaces it, whatever spec.output.overwrite says; choose another spec.output.uri",
+            stage="fetch")
     return "other-job", found
 
 
@@ -106,12 +116,24 @@ def mark_replacing(store: Store, identity: dict, scratch: Path) -> None:
     store.put("metrics.json", stub, content_type="application/json", metadata={"job": str(identity.get("job"))})
 
 
-def refuse_other(store: Store, found: dict | None) -> OutputExists:
+def refuse_other(store: Store, found: dict | None, identity: dict | None = None, spec: dict | None = None
+                 ) -> OutputExists:
+    """The OutputExists error for a finished render this job may not replace. When the render is
+    this job's own (same name and namespace) from earlier inputs or another spec, the message says
+    which inputs and spec fields changed: ``identity`` and ``spec`` are this run's (the spec as
+    recorded in metrics.json: JSON by alias, without ``output.overwrite``)."""
     found = found or {}
     who = found.get("identity") or {}
     if found.get("replacing_with"):
         who = found["replacing_with"]
         desc = f"an unfinished replacement by job {who.get('job')!r}"
+    elif who and identity is not None and _same_job(who, identity):
+        changes = describe_changes(who, identity, found.get("spec"), spec)
+        return OutputExists(
+            f"{store.uri} already holds an earlier render of this job ({who.get('job')!r}) that differs from "
+            f"this run" + (": " + "; ".join(changes) if changes else "") + ". It is kept: set "
+            "spec.output.overwrite: true (CLI: --force) to render again over it, or choose another "
+            "spec.output.uri", stage="publish")
     elif who:
         desc = f"a finished render of job {who.get('job')!r}" + (f" (uid {who['uid']})" if who.get("uid") else "")
     else:
@@ -119,6 +141,57 @@ def refuse_other(store: Store, found: dict | None) -> OutputExists:
     return OutputExists(
         f"{store.uri} already holds {desc}: choose another spec.output.uri, "
         "or set spec.output.overwrite: true (CLI: --force) to replace it", stage="publish")
+
+
+def _same_job(a: dict, b: dict) -> bool:
+    return a.get("job") == b.get("job") and a.get("namespace") == b.get("namespace")
+
+
+_SHOWN_FIELDS = 6  # changed spec fields named in one message
+
+
+def _flatten(doc: object, prefix: str) -> dict[str, object]:
+    if isinstance(doc, dict):
+        out: dict[str, object] = {}
+        for k, v in doc.items():
+            out.update(_flatten(v, f"{prefix}.{k}"))
+        return out or {prefix: {}}
+    return {prefix: doc}
+
+
+def _is_location(value: object) -> bool:
+    """A URI or path: named, never quoted (a presigned URL carries a signature)."""
+    return isinstance(value, str) and ("://" in value or "/" in value)
+
+
+def _brief(value: object) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def describe_changes(old: dict, new: dict, old_spec: dict | None, new_spec: dict | None) -> list[str]:
+    """What differs between two identities of one job, as phrases: "changed inputs: spec.audio
+    (new content)", "changed spec fields: spec.face.padding (0.25 -> 0.3)", "uid ..."."""
+    phrases = []
+    if old.get("uid") != new.get("uid"):
+        phrases.append(f"the job object was re-created (uid {old.get('uid')} -> {new.get('uid')})")
+    old_in, new_in = old.get("inputs") or {}, new.get("inputs") or {}
+    inputs = sorted(k for k in {*old_in, *new_in} if old_in.get(k) != new_in.get(k))
+    if inputs:
+        phrases.append("changed inputs: " + ", ".join(
+            f"spec.{k} (" + ("new content" if k in old_in and k in new_in else "added" if k in new_in else "removed") + ")"
+            for k in inputs))
+    if old.get("spec_sha256") != new.get("spec_sha256"):
+        if isinstance(old_spec, dict) and isinstance(new_spec, dict):
+            a, b = _flatten(old_spec, "spec"), _flatten(new_spec, "spec")
+            fields = [k for k in sorted({*a, *b}) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+            named = [k if _is_location(a.get(k)) or _is_location(b.get(k)) else
+                     f"{k} ({_brief(a.get(k))} -> {_brief(b.get(k))})" for k in fields[:_SHOWN_FIELDS]]
+            more = f", ... {len(fields) - _SHOWN_FIELDS} more" if len(fields) > _SHOWN_FIELDS else ""
+            phrases.append("changed spec fields: " + ", ".join(named) + more)
+        else:  # a render published before metrics.json recorded the spec
+            phrases.append("its spec changed (the render's metrics.json does not record which fields)")
+    return phrases
 
 
 def publish(store: Store, files: dict[str, Path], metadata: dict[str, str]) -> dict[str, str]:

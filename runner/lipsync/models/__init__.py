@@ -6,9 +6,19 @@ from pathlib import Path
 
 from ..spec import LipSyncJobSpec
 from ..errors import InvalidWeights
+from ..extras import require_torch
 from .base import ClipJob, ClipModel, FrameModel
 
-__all__ = ["ClipJob", "ClipModel", "FrameModel", "load_model"]
+__all__ = ["ClipJob", "ClipModel", "FrameModel", "check_dependencies", "load_model"]
+
+
+TORCH_MODELS = frozenset({"wav2lip"})  # the models that run in this process on PyTorch (the [wav2lip] extra)
+
+
+def check_dependencies(spec: LipSyncJobSpec) -> None:
+    """MissingDependency, before anything is fetched, when the spec's model needs what is not installed."""
+    if spec.model.name in TORCH_MODELS:
+        require_torch(f"model {spec.model.name!r}", stage="fetch")
 
 
 def load_model(spec: LipSyncJobSpec, weights: Path | None) -> FrameModel | ClipModel:
@@ -27,6 +37,7 @@ def load_model(spec: LipSyncJobSpec, weights: Path | None) -> FrameModel | ClipM
         from .latentsync import LatentSyncModel
 
         return LatentSyncModel.from_spec(options, weights)
+    check_dependencies(spec)
     from .wav2lip import Wav2LipModel
 
     return Wav2LipModel.from_spec(spec.model, _required(weights, name))

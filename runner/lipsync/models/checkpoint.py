@@ -9,6 +9,8 @@ with the wrong weights is worse than one that fails.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import IO, Any, Mapping, TypeVar
 
@@ -35,17 +37,68 @@ def describe(source: PathOrFile) -> str:
     return os.fspath(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<stream>")
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6: a zip archive
+_PICKLE_MAGIC = b"\x80"  # the legacy format: a pickle (protocol 2 or later)
+
+
+def _head(source: PathOrFile, size: int = 16) -> bytes:
+    """The first bytes of a file or a seekable stream (its position is restored)."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return f.read(size)
+    if not source.seekable():
+        return _ZIP_MAGIC  # cannot look ahead: let torch tell
+    pos = source.tell()
+    try:
+        return source.read(size)
+    finally:
+        source.seek(pos)
+
+
+def _what_it_is(head: bytes) -> str:
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype", b"<html", b"<?xml")):
+        return "an HTML or XML page (a download link that needs a login, or an error page?)"
+    if text.startswith((b"{", b"[")):
+        return "JSON text"
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the file it points to (git lfs pull)"
+    if not head:
+        return "an empty file"
+    return f"unknown data (it starts with {head[:8]!r})"
+
+
 def read_checkpoint(source: PathOrFile, label: str) -> Any:
-    """torch.load on the CPU with ``weights_only``: unpickling must not be able to run code."""
-    if isinstance(source, (str, os.PathLike)) and not Path(source).exists():
-        raise InvalidWeights(f"{label} weights {describe(source)!r}: no such file", stage=_STAGE)
+    """torch.load on the CPU with ``weights_only``: unpickling must not be able to run code.
+
+    InvalidWeights, saying what the file is instead, when it is not a PyTorch checkpoint (random
+    bytes, an HTML error page, a Git LFS pointer) or holds objects other than tensors."""
+    where = describe(source)
+    if isinstance(source, (str, os.PathLike)) and not Path(source).is_file():
+        what = "is a folder, not a checkpoint file" if Path(source).is_dir() else ": no such file"
+        raise InvalidWeights(f"{label} weights {where!r} {what}".replace(" :", ":"), stage=_STAGE)
+    head = _head(source)
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        raise InvalidWeights(
+            f"{label} weights {where!r} are not a PyTorch checkpoint (a .pth file is a zip archive or a "
+            f"legacy torch pickle); this is {_what_it_is(head)}: check the file or the URL it came from",
+            stage=_STAGE)
     try:
         return torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types (RuntimeError, UnpicklingError, EOFError, ...)
-        detail = (str(e).strip().splitlines() or [""])[0][:200]
+    except pickle.UnpicklingError as e:
+        # torch's text advises weights_only=False, i.e. running the file's code: never here.
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
+        detail = found.group(1).strip()[:200] if found else "it is not a valid pickle"
         raise InvalidWeights(
-            f"{label} weights {describe(source)!r} are not a readable PyTorch checkpoint "
-            f"(truncated or another format?): {type(e).__name__}: {detail}",
+            f"{label} weights {where!r} cannot be loaded safely ({detail}): the file holds Python objects "
+            "besides tensors, or is damaged; objects are never unpickled, since that could run code. Use a "
+            "checkpoint of plain tensors (a state_dict)", stage=_STAGE) from None
+    except Exception as e:  # torch raises many types (RuntimeError, EOFError, ...)
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip() and "weights_only" not in ln]
+        detail = (lines or [""])[0][:200]
+        raise InvalidWeights(
+            f"{label} weights {where!r} are not a readable PyTorch checkpoint "
+            f"(truncated or damaged?): {type(e).__name__}: {detail}",
             stage=_STAGE,
         ) from None
 

@@ -187,6 +187,7 @@ class Wav2LipModel:
     name = "wav2lip"
     crop_size: int = CROP_SIZE
     audio_rate: int = AUDIO_RATE
+    pad_batches = True  # one batch shape per process: cuDNN autotunes once
 
     def __init__(
         self, net: Wav2Lip, *, device: torch.device, autocast: torch.dtype | None = None, batch_size: int | None = None

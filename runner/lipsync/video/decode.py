@@ -32,32 +32,50 @@ def tail(f: IO[bytes], limit: int = 4096) -> str:
     return f.read().decode(errors="replace").strip()
 
 
+def grid_origin(start_time: float, fps: Fraction) -> float:
+    """Where frame 0 of the decode grid stands: the stream's first timestamp snapped to a whole
+    frame (what ffmpeg's fps filter does with ``start_time``; snapping here first means frame k
+    is at exactly ``origin + k / fps``, so windows can be trimmed by time without ambiguity)."""
+    return float(round(Fraction(start_time).limit_denominator(1_000_000) * fps) / fps)
+
+
 def decode_command(path: Path, *, fps: Fraction, size: tuple[int, int] | None = None,
-                   start_frame: int = 0, frames: int | None = None) -> list[str]:
-    """The ffmpeg argv that writes raw BGR frames to stdout.
+                   start_frame: int = 0, frames: int | None = None, start_time: float | None = None,
+                   pix_fmt: str = "bgr24") -> list[str]:
+    """The ffmpeg argv that writes raw frames (``pix_fmt``: bgr24, or gray) to stdout.
 
     ``fps`` is the constant output rate; ``size`` scales (analysis pass);
     ``start_frame``/``frames`` read a window, seeking to it (frames count at ``fps``).
+    ``start_time`` (the stream's first timestamp, seconds) numbers frames on the same grid as the
+    render's reads (``render.frames.decode_args``): give it wherever frame indices must agree.
     """
     in_kw: dict = {}
     if start_frame:
         in_kw["ss"] = f"{max(0.0, (start_frame - 0.5) / float(fps)):.6f}"
+    if start_time is not None:
+        in_kw["copyts"] = None
     stream = ffmpeg.input(str(path), **in_kw).video
-    stream = stream.filter("fps", fps=str(fps))
+    if start_time is not None:
+        stream = stream.filter("fps", fps=str(fps), start_time=f"{grid_origin(start_time, fps):.6f}")
+    else:
+        stream = stream.filter("fps", fps=str(fps))
     if size is not None:
         stream = stream.filter("scale", size[0], size[1], flags="area")
-    out_kw: dict = {"format": "rawvideo", "pix_fmt": "bgr24", "loglevel": "error", "nostdin": None}
+    out_kw: dict = {"format": "rawvideo", "pix_fmt": pix_fmt, "loglevel": "error", "nostdin": None}
     if frames is not None:
         out_kw["frames:v"] = frames
     return ffmpeg.output(stream, "pipe:", **out_kw).compile()
 
 
 class FrameReader:
-    """Iterates (H, W, 3) uint8 BGR frames from ffmpeg; raises InvalidMedia on a decode error."""
+    """Iterates (H, W, channels) uint8 frames from ffmpeg ((H, W) for ``channels=1``); raises
+    InvalidMedia on a decode error."""
 
-    def __init__(self, argv: list[str], width: int, height: int, *, field: str = "spec.video", prefetch: int = 8) -> None:
+    def __init__(self, argv: list[str], width: int, height: int, *, field: str = "spec.video", prefetch: int = 8,
+                 channels: int = 3) -> None:
         self.width, self.height, self.field = width, height, field
-        self._frame_bytes = width * height * 3
+        self._shape = (height, width, channels) if channels > 1 else (height, width)
+        self._frame_bytes = width * height * channels
         # stderr goes to a file, not a pipe: a corrupt stream can log more than a pipe holds,
         # and ffmpeg would block on it while this side waits for frames.
         self._errors = tempfile.TemporaryFile()
@@ -78,7 +96,7 @@ class FrameReader:
                 buf = self._proc.stdout.read(self._frame_bytes)
                 if len(buf) < self._frame_bytes:
                     break
-                self._queue.put(np.frombuffer(buf, np.uint8).reshape(self.height, self.width, 3))
+                self._queue.put(np.frombuffer(buf, np.uint8).reshape(self._shape))
         finally:
             self._queue.put(_END)
 

@@ -154,7 +154,7 @@ def _thumb(gray: np.ndarray) -> np.ndarray:
 
 
 def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec) -> Scan:
-    """One pass over small BGR analysis frames."""
+    """One pass over small analysis frames: (H, W) grey or (H, W, 3) BGR uint8."""
     every = face.detect_every
     detections: dict[int, Box | None] = {}
     cuts: list[int] = []
@@ -191,7 +191,7 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec) -> Scan:
     n = 0
     for i, frame in enumerate(frames):
         n = i + 1
-        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         thumb = _thumb(gray)
         is_cut = prev_thumb is None or float(np.abs(thumb - prev_thumb).mean()) > CUT_THRESHOLD
         prev_thumb = thumb

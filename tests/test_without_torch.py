@@ -1,0 +1,105 @@
+"""torch is an extra ([wav2lip]): the baseline path, the operator and every CLI command but
+`score` run without it, and what needs it says so, naming the pip command, before any work.
+
+Each check runs the real CLI in a fresh process whose imports of torch fail (a meta-path finder
+that refuses it, as an environment without torch would). The same was checked once in a real
+fresh virtual environment: `pip install .` (no extras), then `lipsync sample && lipsync run
+examples/job.yaml` (see the report of issue 13).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from lipsync.errors import REASONS
+
+from .media import RUNNER, clip, job_file, speech
+
+ROOT = Path(__file__).resolve().parent.parent
+OPERATOR = ROOT / "operator"
+
+BLOCK_TORCH = """
+import importlib.abc, runpy, sys
+class NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
+def without_torch(code: str, *, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + code], capture_output=True, text=True, cwd=cwd,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{RUNNER}:{OPERATOR}"}, timeout=300)
+
+
+def cli_without_torch(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return without_torch(f"sys.argv = ['lipsync', *{list(args)!r}]\n"
+                         "from lipsync.cli import main\n"
+                         "code = main()\n"
+                         "assert 'torch' not in sys.modules\n"
+                         "sys.exit(code)\n", cwd=cwd)
+
+
+def test_torch_is_an_extra_not_a_dependency() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.split(">")[0].split("=")[0].strip() == "torch"]
+    assert any(d.startswith("torch") for d in project["optional-dependencies"]["wav2lip"])
+    assert "wav2lip" in (ROOT / ".ci" / "setup").read_text().split("-e '.[")[1].split("]'")[0].split(",")
+
+
+def test_the_blocker_really_blocks() -> None:
+    proc = without_torch("import torch")
+    assert proc.returncode == 1 and "No module named 'torch'" in proc.stderr
+
+
+def test_operator_and_cli_import_without_torch() -> None:
+    proc = without_torch("import lipsync.cli, lipsync.pipeline, lipsync.models.baseline, lipsync.models.command\n"
+                         "import lipsync_operator.main\n"
+                         "assert 'torch' not in sys.modules\n")
+    assert proc.returncode == 0, proc.stderr
+    assert cli_without_torch("crd").returncode == 0
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("notorch")
+    clip(d / "face.mp4", seconds=1.0)
+    speech(d / "speech.wav", text="Hi there.")
+    return d
+
+
+@pytest.mark.slow
+def test_baseline_renders_without_torch(media: Path, tmp_path: Path) -> None:
+    job = job_file(tmp_path, video=str(media / "face.mp4"), audio=str(media / "speech.wav"),
+                   timing={"follow": "video"})
+    proc = cli_without_torch("run", str(job), "--log-format", "json")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["output"]["frames"] == 25
+
+
+def test_wav2lip_asks_for_torch_before_fetching_anything(media: Path, tmp_path: Path) -> None:
+    # the weights do not exist: a runner without torch must say what to install, not InputNotFound
+    job = job_file(tmp_path, video=str(media / "face.mp4"), audio=str(media / "speech.wav"),
+                   model={"name": "wav2lip", "weights": str(tmp_path / "absent.pth")})
+    proc = cli_without_torch("run", str(job), "--log-format", "json")
+    assert proc.returncode == REASONS["MissingDependency"].exit_code == 26, proc.stderr
+    failed = [json.loads(line) for line in (proc.stdout + proc.stderr).splitlines() if '"failed"' in line]
+    assert failed and failed[-1]["reason"] == "MissingDependency"
+    assert "model 'wav2lip' needs PyTorch" in failed[-1]["msg"]
+    assert "pip install 'lipsync-operator[wav2lip]'" in failed[-1]["msg"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_score_asks_for_torch(media: Path) -> None:
+    proc = cli_without_torch("score", str(media / "face.mp4"), "--weights", str(media / "absent.pth"))
+    assert proc.returncode == REASONS["MissingDependency"].exit_code, proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr  # one line, no traceback
+    assert "lipsync score needs PyTorch" in proc.stderr and "pip install 'lipsync-operator[wav2lip]'" in proc.stderr
