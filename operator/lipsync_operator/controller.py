@@ -174,6 +174,7 @@ class Controller:
         # The work queue: key -> when (loop time) it is due; failures per key for the backoff.
         self.due: dict[Key, float] = {}
         self.failures: collections.Counter[Key] = collections.Counter()
+        self.create_after: dict[Key, float] = {}  # loop time before which a failed create is not retried
         self._wake = asyncio.Event()
         # Set while this replica may act (always, without leader election; see leader.py).
         self.leading = asyncio.Event()
@@ -389,6 +390,7 @@ class Controller:
         self.job_seen.pop(key, None)
         self.due.pop(key, None)
         self.failures.pop(key, None)
+        self.create_after.pop(key, None)
 
     # ------------------------------------------------------------------ reconcile
     async def reconcile(self, key: Key) -> None:
@@ -503,15 +505,20 @@ class Controller:
         async with self.dispatcher.lock:
             jobs = self._job_facts()
             self.dispatcher.seen(jobs)
+            now_t = asyncio.get_running_loop().time()
             cands = [c for c in self._candidates() if c.key not in self.deleting
                      and self.statuses.get(c.key, {}).get("phase") not in status.TERMINAL
-                     and not self.statuses.get(c.key, {}).get("jobName")]
+                     and not self.statuses.get(c.key, {}).get("jobName")
+                     and self.create_after.get(c.key, 0.0) <= now_t]  # a failed create backs off
             plan = queue.plan(cands, jobs, budget=self.settings.gpu_budget,
                               in_flight=self.dispatcher.started.values(),
                               kueue=bool(self.settings.kueue_queue))
             for c in plan.start:
                 self.dispatcher.started[c.key] = c
             self.last_plan = plan
+            waits = [t for t in self.create_after.values() if t > now_t]
+            if waits:  # come back when the first backoff ends
+                self.kick(DISPATCH, min(waits) - now_t)
         if plan.start:
             await asyncio.gather(*(self._start(c) for c in plan.start))
         now = status.now_iso()
@@ -552,6 +559,7 @@ class Controller:
             n = self.failures[c.key] = self.failures[c.key] + 1
             delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** n)
             log.warning("could not start %s/%s: %s (retried in %.1f s)", c.namespace, c.name, why, delay)
+            self.create_after[c.key] = asyncio.get_running_loop().time() + delay
             self.kick(DISPATCH, delay)
             now = status.now_iso()
             try:
@@ -566,6 +574,7 @@ class Controller:
                            message=f"could not create Job {name}: {why}")
             return
         self.failures.pop(c.key, None)
+        self.create_after.pop(c.key, None)
         waited = seconds_between(c.created, status.now_iso())
         if waited is not None and verb == "created":
             self.metrics.wait.observe(waited)
