@@ -449,3 +449,9 @@ def test_install_doc_has_the_security_model():
     for setting in ("runner.commandPolicy", "runner.outputPrefix", "runner.jobNamespaces", "runner.downloads",
                     "s3.existingSecret"):
         assert f"`{setting}" in section, setting
+
+
+def test_notes_warn_about_one_credential_for_many_namespaces():
+    assert "ONE credential" in notes(CUSTOM_VALUES)  # two job namespaces, a chart-made Secret
+    assert "ONE credential" not in notes({"s3": {"existingSecret": "x"}})
+    assert "runner.commandPolicy" in notes() and "runner.commandPolicy" not in notes(CUSTOM_VALUES)

@@ -53,3 +53,17 @@ def test_nothing_reads_beside_the_repository() -> None:
     assert sorted(p.name for p in reference.iterdir()) == [
         "README.md", "audio_16k.npy", "manifest.json", "mel_reference.npy",
         "wav2lip_face_input.npy", "wav2lip_out_reference.npy"]
+
+
+def test_documents_link_to_files_that_exist() -> None:
+    documents = [ROOT / "README.md", ROOT / "operator" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for doc in documents:
+        text = doc.read_text()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if "://" not in target and not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(ROOT)} -> {target}")
+        for name in re.findall(r"`([A-Z][A-Z_]+\.md)`", text):  # a file named in code style
+            if not list(ROOT.rglob(name)):
+                broken.append(f"{doc.relative_to(ROOT)} names {name}")
+    assert broken == []

@@ -73,6 +73,12 @@ def parse_result(message: str | None) -> dict[str, Any] | None:
     return None
 
 
+def _without_program_output(log_tail: str) -> str:
+    """A termination message that is the log's tail (FallbackToLogsOnError: the runner died before
+    writing its result), less the lines quoting a model program's output: they stay in the log."""
+    return "\n".join(line for line in log_tail.splitlines() if '"model-output' not in line)
+
+
 def pod_outcome(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     """What a finished pod says: exit code, result JSON, reason; None while it has not ended."""
     term = _runner_state(pod).get("terminated")
@@ -92,7 +98,8 @@ def pod_outcome(pod: Mapping[str, Any]) -> dict[str, Any] | None:
         reason = disrupted.get("reason") or "Disrupted"
     if not reason and status.get("reason"):  # "Evicted", "DeadlineExceeded" at pod level
         reason = status["reason"]
-    message = (result or {}).get("message") or status.get("message") or term.get("message") or ""
+    fallback = "" if result else _without_program_output(term.get("message") or "")
+    message = (result or {}).get("message") or status.get("message") or fallback or ""
     return {
         "exitCode": code,
         "result": result,

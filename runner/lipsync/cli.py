@@ -84,25 +84,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not jobs:
         log.event("no LipSyncJob found in the files given", logging.ERROR, event="failed")
         return REASONS["InvalidSpec"].exit_code
-    from .pipeline import run_job
+    from .pipeline import RunOptions, run_job
 
+    try:
+        options = RunOptions(workers=_workers(args.workers), shard=_shard(args.shard))
+    except InvalidSpec as e:
+        log.event(str(e), logging.ERROR, event="failed", reason=e.reason)
+        return e.exit_code
     first_failure = 0
     for job, base in jobs:
         try:
-            result = run_job(job, base_dir=base, force=args.force, bar=fmt == "text" and sys.stderr.isatty())
+            result = run_job(job, base_dir=base, force=args.force, bar=fmt == "text" and sys.stderr.isatty(),
+                             options=options)
         except LipSyncError as e:
+            # The result first: with it written, the kubelet never falls back to the log's tail
+            # (FallbackToLogsOnError) for the termination message, and the log below may hold a
+            # model program's last lines (the log only, never the result: status, Events).
+            _write_result({"phase": "Failed", "reason": e.reason, "message": str(e), "artifacts": {}})
             detail = getattr(e, "detail", None)
-            if detail:  # a model program's last lines: the log only, never the result (status, Events)
+            if detail:
                 log.event(f"the model program's last output:\n{redact(detail)}", logging.ERROR,
                           event="model-output-tail", job=job.metadata.name)
-            _write_result({"phase": "Failed", "reason": e.reason, "message": str(e), "artifacts": {}})
             first_failure = first_failure or e.exit_code
             continue
-        verb = "unchanged" if result.status == "unchanged" else "done"
+        verb = {"unchanged": "unchanged", "partial": "chunks rendered"}.get(result.status, "done")
         log.event(f"{job.metadata.name}: {verb}: {result.artifacts.get('video', '')}", event=result.status,
                   job=job.metadata.name, artifacts=result.artifacts)
         _write_result({"phase": "Succeeded", "reason": None, "message": verb, "artifacts": result.artifacts})
     return first_failure  # the exit status of the first job that failed, 0 if none
+
+
+def _workers(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise InvalidSpec(f"--workers {value!r}: give a number of processes (1 or more) or 'auto'", stage="validate")
+    return int(value)
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    """``INDEX/COUNT``; ``auto/COUNT`` takes INDEX from JOB_COMPLETION_INDEX (an Indexed Job's pod)."""
+    if value is None:
+        return None
+    index, _, count = value.partition("/")
+    if index == "auto":
+        index = os.environ.get("JOB_COMPLETION_INDEX", "")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise InvalidSpec(f"--shard {value!r}: give INDEX/COUNT with 0 <= INDEX < COUNT (or auto/COUNT in an "
+                          "Indexed Job's pod)", stage="validate")
+    return int(index), int(count)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -169,6 +199,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--job-env", metavar="VAR", help="read one job as JSON from this environment variable (pods)")
     run.add_argument("--force", action="store_true", help="render again and replace a finished render at the output")
     run.add_argument("--log-format", choices=["auto", "text", "json"], default="auto")
+    run.add_argument("--workers", default="auto",
+                     help="processes rendering chunks at once (default auto: one per 4 cores, LIPSYNC_WORKERS)")
+    run.add_argument("--shard", metavar="INDEX/COUNT",
+                     help="render only this share of the chunks and publish nothing (a pod of an Indexed Job; "
+                          "auto/COUNT reads JOB_COMPLETION_INDEX); a later plain run stitches and publishes")
     run.set_defaults(func=cmd_run)
 
     val = sub.add_parser("validate", help="check job files against the schema without running them")

@@ -26,7 +26,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel
@@ -92,36 +92,47 @@ def _model_rules() -> list[dict[str, str]]:
     ]
 
 
+def _option_keys(model: str) -> list[str]:
+    return sorted(info.alias or f for f, info in MODEL_OPTIONS[model].model_fields.items())
+
+
 def _option_rules() -> list[dict[str, str]]:
-    """Per model: the option names it knows (camelCase or snake_case, as pydantic takes them), and
-    the allowed values of its string-enum options. Ranges and types stay with the operator's
-    pydantic check (options are free-form in the schema: CEL sees them as dynamic values)."""
+    """Per model: no option of another model. (``options`` is typed in the schema as the union of
+    every model's options, so the API server refuses unknown names and checks types, enums and
+    bounds; these rules say which of the known names each model takes.)"""
+    every = sorted({k for m in MODEL_OPTIONS for k in _option_keys(m)})
     rules = []
-    for model, options in MODEL_OPTIONS.items():
-        name = f"(has(self.name) ? self.name : 'baseline') != '{model}'"
-        keys = sorted({k for f, info in options.model_fields.items() for k in (f, info.alias or f)})
-        shown = sorted({info.alias or f for f, info in options.model_fields.items()})
-        listed = ", ".join(f"'{k}'" for k in keys)
+    for model in MODEL_OPTIONS:
+        own = _option_keys(model)
+        foreign = [k for k in every if k not in own]
+        if not foreign:
+            continue
+        absent = " || ".join(f"has(self.options.{k})" for k in foreign)
         rules.append({
-            "rule": f"{name} || !has(self.options) || self.options.all(k, k in [{listed}])",
-            "message": f"unknown option for model {model!r}: its options are {', '.join(shown) or '(none)'}",
+            "rule": f"(has(self.name) ? self.name : 'baseline') != '{model}' || !has(self.options) || !({absent})",
+            "message": f"an option model {model!r} does not take: its options are {', '.join(own) or '(none)'}",
             "fieldPath": ".options",
-            "reason": "FieldValueInvalid",
+            "reason": "FieldValueForbidden",
         })
-        for f, info in options.model_fields.items():
-            values = get_args(info.annotation) if get_origin(info.annotation) is Literal else ()
-            if not values or not all(isinstance(v, str) for v in values):
-                continue
-            allowed = ", ".join(f"'{v}'" for v in values)
-            for key in dict.fromkeys((info.alias or f, f)):
-                rules.append({
-                    "rule": f"{name} || !has(self.options) || !('{key}' in self.options) "
-                    f"|| self.options['{key}'] in [{allowed}]",
-                    "message": f"options.{key} of model {model!r} is one of {', '.join(values)}",
-                    "fieldPath": ".options",
-                    "reason": "FieldValueInvalid",
-                })
     return rules
+
+
+def _options_schema(description: str) -> dict[str, Any]:
+    """``spec.model.options`` for the CRD: one object whose properties are every model's options,
+    each with its own type, enum and bounds (no defaults: they differ per model and the runner
+    applies them)."""
+    props: dict[str, Any] = {}
+    for model, options in MODEL_OPTIONS.items():
+        for key, node in _schema_for(options, nullable=False).get("properties", {}).items():
+            node = {k: v for k, v in node.items() if k != "default"}
+            text = f"{model}: {node.get('description', '')}".strip()
+            if key in props:
+                old = {k: v for k, v in props[key].items() if k != "description"}
+                if old != {k: v for k, v in node.items() if k != "description"}:
+                    raise ValueError(f"option {key!r} has different types in two models: rename one")
+                text = f"{props[key]['description']} {text}"
+            props[key] = {**node, "description": text}
+    return {"type": "object", "description": description, "default": {}, "properties": props}
 
 
 # CEL rules by pydantic model (JSON Schema $defs) name. Keep them in step with the model
@@ -294,8 +305,9 @@ def _schema_for(model: type[BaseModel], *, nullable: bool) -> dict[str, Any]:
 def openapi_schema() -> dict[str, Any]:
     """The openAPIV3Schema of LipSyncJob (structural; inlined, no references)."""
     spec = _schema_for(LipSyncJobSpec, nullable=False)
-    options = spec["properties"]["model"]["properties"]["options"]
-    options["description"] = options.get("description", "") + _options_help()
+    model = spec["properties"]["model"]
+    model["properties"]["options"] = _options_schema(
+        model["properties"]["options"].get("description", "") + _options_help())
     status = _schema_for(LipSyncJobStatus, nullable=True)
     conditions = status["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"

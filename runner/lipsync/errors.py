@@ -21,6 +21,9 @@ class LipSyncError(Exception):
         self.message = message
         self.stage = stage
 
+    def __reduce__(self):  # keep the stage across processes (chunk workers)
+        return _rebuild, (type(self), self.message, self.stage)
+
     @property
     def exit_code(self) -> int:
         return REASONS[self.reason].exit_code
@@ -32,6 +35,10 @@ class LipSyncError(Exception):
     def __str__(self) -> str:
         where = f"[{self.stage}] " if self.stage else ""
         return f"{where}{self.reason}: {self.message}"
+
+
+def _rebuild(cls: type, message: str, stage: str | None) -> "LipSyncError":
+    return cls(message, stage=stage)
 
 
 class InvalidSpec(LipSyncError):

@@ -17,13 +17,13 @@ import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from . import log
-from .audio import load_mono
+from .audio import frame_envelope, load_mono
 from .clip import render_clip
 from .errors import InvalidMedia, LipSyncError, NoFaceFound
 from .io.fetch import fetch, is_remote, local_path, sha256
@@ -33,13 +33,17 @@ from .metrics import Metrics, StageFigures
 from .models import ClipModel, FrameModel, check_dependencies, load_model
 from .preview import Sheet, pick
 from .spec import LipSyncJob, LipSyncJobSpec
+from . import chunks
 from . import render as render_engine
+from .chunks.render import RenderTask, default_workers, prepared_model, render_chunks
+from .chunks.stitch import MissingChunk, fill_sheet, stitch
+from .chunks.workers import run_workers
 from .video import track
 from .video.decode import FrameReader, decode_command
 from .video.remux import audio_plan, remux
 from .video.source import source_index
 
-STAGE_WEIGHTS = {"fetch": 2, "track": 15, "render": 78, "remux": 3, "publish": 2}
+STAGE_WEIGHTS = {"fetch": 2, "track": 15, "render": 76, "stitch": 2, "remux": 3, "publish": 2}
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,8 @@ def spec_record(job: LipSyncJob) -> dict:
 
 
 def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
-    spec_json = job.spec.model_dump_json(by_alias=True, exclude={"output": {"overwrite"}})
+    # what the output depends on: not whether it may overwrite, not how the render is cut up
+    spec_json = job.spec.model_dump_json(by_alias=True, exclude={"output": {"overwrite"}, "render": True})
     return {
         "job": job.metadata.name,
         "namespace": job.metadata.namespace,
@@ -184,17 +189,63 @@ def track_faces(spec: LipSyncJobSpec, video: Path, info: VideoInfo, on_progress:
     return boxes, sc
 
 
-def render(spec: LipSyncJobSpec, model: FrameModel, timeline: render_engine.Timeline, info: VideoInfo, plan: Plan,
-           boxes: list[track.CropBox | None], dest: Path, sheet: Sheet, on_progress: Callable[[float], None],
-           batch_size: int) -> int:
-    """Streams every output frame through the render engine into ``dest``; returns frames written."""
-    engine = render_engine.Engine(model, render_engine.converter_for(timeline, info), spec.padding, batch_size, sheet,
-                                  on_progress)
-    argv = render_engine.encoder_for(dest, timeline, info, spec.output)
-    return engine.run(timeline, plan.order(), boxes, argv)
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run uses the machine: ``workers`` processes render chunks (None: automatic, from the
+    cores); ``shard`` (index, count) renders only that share of the chunks and publishes nothing
+    (one pod of an Indexed Job; a later plain run stitches and publishes)."""
+
+    workers: int | None = None
+    shard: tuple[int, int] | None = None
 
 
-def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False, bar: bool = False) -> Result:
+def render_chunked(task: RenderTask, model: FrameModel, options: RunOptions, on_progress: Callable[[float], None],
+                   sheet: Sheet, speech: np.ndarray | None = None) -> tuple[int, dict]:
+    """Render the chunks of ``task`` not yet finished in its work area (this run's share of them);
+    returns (frames rendered, figures for metrics.json)."""
+    every = chunks.plan_chunks(task.n_out, float(task.fps), task.spec.render.chunk_seconds)
+    mine = chunks.shard(every, *options.shard) if options.shard else every
+    work = task.work_area()
+    done = work.finished(mine)
+    todo = [c for c in mine if c.index not in done]
+    workers = default_workers(len(todo)) if options.workers is None else max(1, min(options.workers, len(todo)))
+    total = sum(c.frames for c in mine) or 1
+    finished = [sum(c.frames for c in mine if c.index in done)]
+
+    def chunk_done(c: chunks.Chunk) -> None:
+        finished[0] += c.frames
+        log.event(f"chunk {c.index} finished (frames {c.first}-{c.last - 1})", event="chunk-done", chunk=c.index)
+        on_progress(finished[0] / total)
+
+    if todo and workers <= 1:
+        render_chunks(task, todo, prepared_model(task, model, speech), on_frames=lambda n: on_progress((finished[0] + n) / total),
+                      on_chunk=chunk_done, sheet=sheet)
+    elif todo:
+        shares = [todo[k * len(todo) // workers:(k + 1) * len(todo) // workers] for k in range(workers)]
+        run_workers(task, shares, chunk_done)
+    on_progress(1.0)
+    stats = {"count": len(every), "mine": len(mine), "reused": len(mine) - len(todo), "rendered": len(todo),
+             "workers": workers if todo else 0, "seconds": task.spec.render.chunk_seconds}
+    log.event(f"chunks: {stats['rendered']} rendered, {stats['reused']} reused of {len(mine)}", event="chunks", **stats)
+    return sum(c.frames for c in todo), stats
+
+
+def stitch_chunks(task: RenderTask, model: FrameModel, dest: Path) -> None:
+    """Join every chunk into ``dest``; a chunk gone missing since (or corrupt) is rendered again here."""
+    every = chunks.plan_chunks(task.n_out, float(task.fps), task.spec.render.chunk_seconds)
+    work = task.work_area()
+    for _ in range(len(every) + 1):
+        try:
+            stitch(work, every, task.fps, task.spec.output.video_codec, task.scratch, dest)
+            return
+        except MissingChunk as e:
+            log.event(f"chunk {e.chunk.index} is missing or damaged: rendering it again", event="chunk-redo")
+            render_chunks(task, [e.chunk], prepared_model(task, model))
+    raise LipSyncError("chunks kept going missing from the work area while stitching", stage="stitch")
+
+
+def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False, bar: bool = False,
+            options: RunOptions = RunOptions()) -> Result:
     """Render one job end to end and publish its artifacts."""
     spec = job.spec
     metrics = Metrics()
@@ -209,7 +260,7 @@ def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False,
             log.LOG.setLevel(logging.INFO)
         metrics.memory.start()
         try:
-            return _run(job, spec, scratch, base_dir, force, metrics, progress)
+            return _run(job, spec, scratch, base_dir, force, metrics, progress, options)
         except LipSyncError as e:
             cause = e.__cause__ if e.reason == "InternalError" else None  # a traceback for the unexpected
             log.LOG.error(str(e), exc_info=cause, extra={"fields": {
@@ -237,16 +288,16 @@ def stage(metrics: Metrics, name: str) -> Iterator[StageFigures]:
 
 
 def _run(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, force: bool,
-         metrics: Metrics, progress: log.Progress) -> Result:
+         metrics: Metrics, progress: log.Progress, options: RunOptions) -> Result:
     name = job.metadata.name
     log.event(f"job {name}: {spec.model.name} model", event="start", job=name, output=spec.output.uri)
 
     with ThreadPoolExecutor(1, thread_name_prefix="weights") as loader:
-        return _stages(job, spec, scratch, base_dir, force, metrics, progress, loader)
+        return _stages(job, spec, scratch, base_dir, force, metrics, progress, loader, options)
 
 
 def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path, force: bool,
-            metrics: Metrics, progress: log.Progress, loader: ThreadPoolExecutor) -> Result:
+            metrics: Metrics, progress: log.Progress, loader: ThreadPoolExecutor, options: RunOptions) -> Result:
     name = job.metadata.name
     loading: Future[Loaded] | None = None
     verdict: str = "absent"
@@ -296,18 +347,32 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
                 raise refuse_other(store, found, ident, spec_record(job))
 
     video_only = scratch / "encoded.mp4"
-    with stage(metrics, "render") as fig:
-        timeline = render_engine.timeline_for(inputs.video, video_info, plan.n_src)
-        sheet = Sheet(pick(boxes, order) if spec.output.preview else [])
-        speech = load_mono(inputs.audio, model.audio_rate)
-        on_render = lambda f: progress.update("render", f)  # noqa: E731
-        if isinstance(model, ClipModel):
+    timeline = render_engine.timeline_for(inputs.video, video_info, plan.n_src)
+    speech = load_mono(inputs.audio, model.audio_rate)
+    loudness = frame_envelope(speech, model.audio_rate, plan.fps, plan.n_out) if spec.output.preview else None
+    sheet = Sheet(pick(boxes, order, energy=loudness) if spec.output.preview else [])
+    on_render = lambda f: progress.update("render", f)  # noqa: E731
+    if isinstance(model, ClipModel):
+        with stage(metrics, "render") as fig:
             fig.frames = render_clip(spec, model, timeline, video_info, plan.n_out, boxes, speech, scratch / "clip",
                                      video_only, sheet, on_render)
-        else:
-            model.prepare(speech, plan.fps, plan.n_out)
-            batch = getattr(model, "batch_size", 16)
-            fig.frames = render(spec, model, timeline, video_info, plan, boxes, video_only, sheet, on_render, batch)
+    else:
+        task = RenderTask(spec, inputs.video, inputs.audio, inputs.weights, video_info, plan.n_src, plan.n_out,
+                          video_info.fps, boxes, "", chunks.work_key(ident, spec.render.chunk_seconds),
+                          scratch / "chunks")
+        task = replace(task, work_uri=f"{store.uri.rstrip('/')}/.work-{task.work_key}")
+        with stage(metrics, "render") as fig:
+            fig.frames, stats = render_chunked(task, model, options, on_render, sheet, speech)
+            metrics.extra["chunks"] = stats
+        if options.shard is not None:  # this pod's share is rendered; the stitch step publishes
+            return Result("partial", {}, metrics.as_dict())
+        with stage(metrics, "stitch") as fig:
+            stitch_chunks(task, model, video_only)
+            fig.frames = plan.n_out
+            if sheet.wanted - {t[0] for t in sheet.tiles}:
+                rendered = render_engine.timeline_for(video_only, probe_video(video_only), plan.n_out)
+                fill_sheet(sheet, timeline, rendered, render_engine.converter_for(timeline, video_info), boxes, order)
+        progress.update("stitch", 1.0)
 
     carry = audio_plan(audio_info)  # output.mp4, or output.mov where MP4 cannot hold the speech exactly
     output = scratch / carry.filename
@@ -351,6 +416,11 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
     (scratch / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
     with stage(metrics, "publish"):
         publish(store, {"metrics.json": scratch / "metrics.json"}, meta)
+    if "chunks" in metrics.extra:  # published: the work area has served its purpose
+        try:
+            task.work_area().clean(chunks.plan_chunks(plan.n_out, float(plan.fps), spec.render.chunk_seconds))
+        except LipSyncError as e:  # the render is published; stale chunks are only storage
+            log.event(f"could not remove the work area: {e}", logging.WARNING, event="cleanup-failed")
     progress.update("publish", 1.0)
     return Result("rendered", artifacts, metrics.as_dict())
 

@@ -1,8 +1,8 @@
 """preview.jpg: the picture a person looks at first.
 
-A contact sheet of a few frames spread over the clip: the face before (top row) and after
-(bottom row) the model. Frames are picked up front and copied as they stream past, so nothing
-is held beyond a few thumbnails.
+A contact sheet of a few frames spread over the speech: the face before (top row) and after
+(bottom row) the model, at the loudest moments (``pick``), where the mouth is open. Frames are
+picked up front and copied as they stream past, so nothing is held beyond a few thumbnails.
 """
 
 from __future__ import annotations
@@ -17,11 +17,30 @@ from .video.track import CropBox
 TILE = 240
 
 
-def pick(track: list[CropBox | None], order: list[int], count: int = 4) -> list[int]:
-    """Output frame indices to show: evenly spread over the frames that have a face."""
+VOICED = 0.25  # a frame counts as speech at this fraction of the clip's loudest frame or more
+
+
+def pick(track: list[CropBox | None], order: list[int], count: int = 4,
+         energy: np.ndarray | None = None) -> list[int]:
+    """Output frame indices to show (at most ``count``, ascending), among the frames with a face.
+
+    ``order[i]`` is the source frame of output frame ``i`` and ``track[s]`` its face box or None.
+    With ``energy`` (speech loudness per output frame, e.g. ``audio.frame_envelope``), tiles show
+    the mouth while it speaks: the voiced frames (``VOICED`` of the loudest or more) are cut into
+    ``count`` even spans and the loudest frame of each is shown, so a short clip's preview is not
+    mostly closed mouths in pauses. Without it, or with no voiced frame, the frames are spread
+    evenly over the clip."""
     with_face = [i for i, s in enumerate(order) if track[s] is not None]
     if not with_face:
         return []
+    if energy is not None:
+        loud = np.asarray(energy, np.float64)
+        level = {i: float(loud[i]) if i < len(loud) else 0.0 for i in with_face}
+        peak = max(level.values())
+        voiced = [i for i in with_face if peak > 0 and level[i] >= VOICED * peak]
+        if voiced:
+            spans = np.array_split(np.array(voiced), min(count, len(voiced)))
+            return sorted({int(max(span, key=lambda i: (level[int(i)], -int(i)))) for span in spans})
     step = len(with_face) / count
     return sorted({with_face[min(len(with_face) - 1, int(step * (k + 0.5)))] for k in range(count)})
 

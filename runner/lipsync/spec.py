@@ -125,8 +125,8 @@ class ModelSpec(_Model):
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Model-specific options, validated per model (see the README).",
-        # maxProperties bounds the CEL rules' cost (the API server refuses unbounded ones).
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "maxProperties": 16},
+        # The CRD types it as the union of every model's options (lipsync.crd); here, per model.
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
     @field_validator("weights")
@@ -198,12 +198,21 @@ class OutputSpec(_Model):
         return _check_uri(v, field="spec.output.uri")
 
 
+class RenderSpec(_Model):
+    chunk_seconds: float = Field(
+        10.0, ge=1.0, le=3600.0,
+        description="Length of a render chunk in seconds of output: the unit a preempted render resumes from "
+                    "and that workers and pods render in parallel. Output pixels do not depend on it.")
+
+
 class LipSyncJobSpec(_Model):
     video: str = Field(..., description=f"The talking-head video: {_URI_HELP}.")
     audio: str = Field(..., description=f"The speech to lip-sync to: {_URI_HELP}.")
     model: ModelSpec = Field(default_factory=ModelSpec)
     face: FaceSpec = Field(default_factory=FaceSpec)
     timing: TimingSpec = Field(default_factory=TimingSpec)
+    render: RenderSpec = Field(default_factory=RenderSpec,
+                               description="How the render is cut up: chunk length (resume and parallel work).")
     output: OutputSpec
 
     @field_validator("video", "audio")

@@ -198,3 +198,20 @@ def test_kueue_status_names_the_jobs_queue():
            "spec": {"suspend": True}, "status": {}}
     out = st.from_job(None, job, [], generation=1, now="2026-11-25T10:00:00Z")
     assert out["phase"] == "Queued" and "gpu-a100" in out["message"]
+
+
+def test_a_log_tail_termination_message_loses_program_output_and_credentials():
+    """FallbackToLogsOnError: the runner died before writing its result; its log's tail becomes the
+    message. A model program's quoted output stays out, and credential shapes are redacted."""
+    tail = "\n".join([
+        json.dumps({"level": "error", "msg": "the model program's last output:\nsnooped SECRET_KEY=abc123def",
+                    "event": "model-output-tail"}),
+        json.dumps({"level": "info", "msg": "fetch: s3://media/in/face.mp4", "event": "fetch"}),
+        "Traceback (most recent call last): MemoryError aws_secret_access_key=wJalrXUtnFEMIK7MDENG",
+    ])
+    failed = S.from_job(None, job(conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]),
+                        [pod("Failed", exit_code=1, message=tail, reason="Error")], generation=1, now="t")
+    assert failed["phase"] == "Failed"
+    assert "snooped" not in json.dumps(failed) and "abc123def" not in json.dumps(failed)
+    assert "wJalrXUtnFEMIK7MDENG" not in json.dumps(failed)
+    assert "MemoryError" in failed["message"]

@@ -8,6 +8,7 @@ job, which has nothing to do, from another job, whose render must not be overwri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +35,13 @@ class Store(Protocol):
     def get(self, name: str) -> bytes | None: ...
 
     def put(self, name: str, src: Path, *, content_type: str, metadata: dict[str, str]) -> str: ...
+
+    def fetch(self, name: str, dest: Path) -> Path | None:
+        """A local file with the object's bytes (``dest``, or the file itself for a folder store);
+        None if absent."""
+
+    def delete(self, name: str) -> None:
+        """Remove an object; absent is fine."""
 
 
 @dataclass
@@ -62,6 +70,15 @@ class LocalStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return str(self.folder / name)
+
+    def fetch(self, name: str, dest: Path) -> Path | None:
+        path = self.folder / name
+        return path if path.is_file() else None
+
+    def delete(self, name: str) -> None:
+        (self.folder / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the folder goes with its last file
+            self.folder.rmdir()
 
 
 def _umask() -> int:

@@ -535,6 +535,19 @@ class S3Store:
         self._discard(tmp, patient=True)
         return uri
 
+    def fetch(self, name: str, dest: Path) -> Path | None:
+        """Download ``name`` to ``dest`` (retried); None if absent."""
+        key = self._key(name)
+        try:
+            _retry(self._uri(key), lambda: self._client.fget_object(self.bucket, key, str(dest)))
+        except ObjectNotFound:
+            return None
+        return dest
+
+    def delete(self, name: str) -> None:
+        key = self._key(name)
+        _retry(self._uri(key), lambda: self._client.remove_object(self.bucket, key))
+
     def _discard(self, tmp: str, *, patient: bool) -> None:
         """Delete a temporary key. After a failure one attempt is enough (the store is likely down
         and the error matters more); after success it is retried, but never fails the publish."""

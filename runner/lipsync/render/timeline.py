@@ -99,6 +99,11 @@ class Timeline:
                 assert pic is not None
                 yield pic.copy_from(frame)
 
+    def picture(self, index: int) -> Picture:
+        """Source frame ``index`` alone (a seek and one decoded frame; for previews)."""
+        pool = FramePool(self.layout, 1)
+        return next(iter(self._copies(pool, index, 1)))
+
     def _still(self, pool: FramePool, n_out: int) -> Iterator[Picture]:
         yield from self._copies(pool, 0, n_out)
 

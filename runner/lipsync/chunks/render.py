@@ -1,0 +1,103 @@
+"""Render chunks: each chunk's frames through the render engine into its own elementary stream,
+then into the work area. Used in-process and by each worker process (``workers``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import load_mono
+from ..io.probe import VideoInfo
+from ..io.publish import open_store
+from ..models import FrameModel, load_model
+from ..preview import Sheet
+from ..render import Engine, converter_for, encode_args, encoder_threads, timeline_for
+from ..spec import LipSyncJobSpec
+from ..video.source import source_index
+from ..video.track import CropBox
+from . import Chunk, WorkArea
+
+
+@dataclass(frozen=True)
+class RenderTask:
+    """Everything a process needs to render chunks of one job (picklable: workers get it as a file)."""
+
+    spec: LipSyncJobSpec
+    video: Path
+    audio: Path
+    weights: Path | None
+    info: VideoInfo
+    n_src: int
+    n_out: int
+    fps: Fraction
+    boxes: list[CropBox | None]
+    work_uri: str
+    work_key: str
+    scratch: Path
+
+    def work_area(self) -> WorkArea:
+        return WorkArea(open_store(self.work_uri), self.work_key)
+
+
+def prepared_model(task: RenderTask, model: FrameModel | None = None, speech: np.ndarray | None = None) -> FrameModel:
+    """The task's model, loaded unless given, with the speech (mono at the model's rate; decoded
+    unless given) prepared for every output frame."""
+    if model is None:
+        model = load_model(task.spec, task.weights)  # type: ignore[assignment]
+    assert model is not None
+    if speech is None:
+        speech = load_mono(task.audio, model.audio_rate)
+    model.prepare(speech, float(task.fps), task.n_out)
+    return model
+
+
+def render_chunks(task: RenderTask, chunks: list[Chunk], model: FrameModel,
+                  on_frames: Callable[[int], None] = lambda n: None,
+                  on_chunk: Callable[[Chunk], None] = lambda c: None, sheet: Sheet | None = None) -> int:
+    """Render ``chunks`` in order into the work area; returns the frames rendered.
+
+    ``on_frames(n)`` reports frames written within the current chunk; ``on_chunk`` each chunk
+    stored; ``sheet`` collects the preview tiles of the frames it wants as they pass. A chunk
+    interrupted by an error or a signal leaves nothing that counts as finished.
+    """
+    timeline = timeline_for(task.video, task.info, task.n_src)
+    order = [source_index(i, task.n_src) for i in range(task.n_out)]
+    converter = converter_for(timeline, task.info)
+    batch = getattr(model, "batch_size", 16)
+    work = task.work_area()
+    out = task.spec.output
+    total = 0
+    task.scratch.mkdir(parents=True, exist_ok=True)
+    for chunk in chunks:
+        stream = task.scratch / f"chunk-{chunk.index:05d}.mp4"
+        argv = encode_args(stream, timeline.layout, timeline.fps, task.info.colour, codec=out.video_codec,
+                           crf=out.crf, preset=out.preset, sample_aspect_ratio=task.info.sample_aspect_ratio,
+                           threads=encoder_threads())
+        done_before = total
+        def progress(f: float, c: Chunk = chunk, base: int = done_before) -> None:
+            on_frames(base + int(round(f * task.n_out)) - c.first)  # f: output frames written ÷ n_out
+
+        engine = Engine(model, converter, task.spec.padding, batch, sheet or Sheet([]), progress)
+        written = engine.run(timeline, order[:chunk.last], task.boxes, argv, first=chunk.first)
+        if written != chunk.frames:
+            raise RuntimeError(f"chunk {chunk.index} wrote {written} frames, planned {chunk.frames}")
+        work.put(chunk, stream)
+        stream.unlink(missing_ok=True)
+        total += written
+        on_chunk(chunk)
+    return total
+
+
+def default_workers(chunks: int) -> int:
+    """Processes for ``--workers auto``: one per 4 cores (each drives an encoder that uses several),
+    LIPSYNC_WORKERS if set, never more than there are chunks to render."""
+    if os.environ.get("LIPSYNC_WORKERS"):
+        return max(1, min(chunks, int(os.environ["LIPSYNC_WORKERS"])))
+    from ..render.frames import cpu_count
+
+    return max(1, min(chunks, cpu_count() // 4))

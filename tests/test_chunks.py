@@ -1,0 +1,197 @@
+"""Chunked renders: chunks joined equal one render frame for frame, resume after SIGKILL renders
+only what was missing, workers and shards split the work, S3 as the work area."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipsync.chunks import plan_chunks, shard
+from lipsync.video.source import source_index
+
+from . import s3server
+from .media import RUNNER, ffmpeg, job_file, speech
+from .test_render_engine import index_of
+
+pytestmark = pytest.mark.slow
+W, H, FPS = 320, 240, 25
+
+
+def indexed_face_clip(dest: Path, n: int, cut_at: int) -> Path:
+    """A face clip whose frames carry their own index (bit blocks on the top rows, away from the
+    face), with a scene cut (the picture mirrored) at ``cut_at``."""
+    from lipsync.sample import VideoRecipe, make_video
+
+    face = make_video(dest.with_name("face-src.mp4"), VideoRecipe(width=W, height=H, fps=FPS, seconds=n / FPS + 0.2,
+                                                                   face_width=0.45))
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(face), "-frames:v", str(n), "-f", "rawvideo",
+                          "-pix_fmt", "bgr24", "-"], capture_output=True, check=True).stdout
+    frames = np.frombuffer(raw, np.uint8).reshape(-1, H, W, 3).copy()
+    assert len(frames) == n
+    proc = subprocess.Popen(["ffmpeg", "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{W}x{H}",
+                             "-r", str(FPS), "-i", "-", "-c:v", "libx264", "-crf", "14", "-g", "30", "-pix_fmt",
+                             "yuv420p", str(dest)], stdin=subprocess.PIPE)
+    assert proc.stdin is not None
+    for i, f in enumerate(frames):
+        if i >= cut_at:
+            f = f[:, ::-1].copy()
+        f[0:32] = 90
+        for b in range(10):
+            f[0:32, b * 32:(b + 1) * 32] = 255 if i >> b & 1 else 0
+        proc.stdin.write(f.tobytes())
+    proc.stdin.close()
+    assert proc.wait() == 0
+    return dest
+
+
+def decoded(path: Path) -> np.ndarray:
+    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+                         capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, H, W)
+
+
+def pts_steps(path: Path) -> set[float]:
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "packet=pts_time",
+                          "-of", "csv=p=0", str(path)], capture_output=True, text=True, check=True).stdout
+    pts = sorted(float(x) for x in out.split())
+    return {round(b - a, 4) for a, b in zip(pts, pts[1:])}
+
+
+def run(folder: Path, name: str, video: Path, audio: Path, *args: str, uri: str | None = None, **spec):
+    job = job_file(folder, name=name, video=str(video), audio=str(audio),
+                   output={"uri": uri or str(folder / name), "preset": "ultrafast"}, **spec)
+    env = {**os.environ, "PYTHONPATH": str(RUNNER), "LIPSYNC_RESULT_FILE": str(folder / f"{name}.result.json")}
+    return subprocess.run([sys.executable, "-m", "lipsync.cli", "run", "--log-format", "json", *args, str(job)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("chunk-media")
+    # 76 frames: 1 s chunks (25 frames) put boundaries at 25 and 50 inside the face, the cut at 40
+    # inside chunk 1, and a last chunk of exactly one frame.
+    return {"video": indexed_face_clip(d / "indexed.mp4", 76, cut_at=40),
+            "short": speech(d / "short.wav", text="Hi there."),
+            "long": speech(d / "long.wav", text="Hello there, this is a test of the lip sync runner with long speech.")}
+
+
+@pytest.mark.parametrize("follow", ["video", "audio"])
+def test_chunks_equal_one_render_frame_for_frame(media, tmp_path, follow):
+    audio = media["long"] if follow == "audio" else media["short"]
+    one = run(tmp_path, "one", media["video"], audio, timing={"follow": follow}, render={"chunkSeconds": 3600})
+    many = run(tmp_path, "many", media["video"], audio, timing={"follow": follow}, render={"chunkSeconds": 1})
+    assert one.returncode == 0 and many.returncode == 0, one.stdout[-2000:] + many.stdout[-2000:]
+    m_one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m_many = json.loads((tmp_path / "many" / "metrics.json").read_text())
+    n_out = m_one["output"]["frames"]
+    assert m_one["chunks"]["count"] == 1 and m_many["chunks"]["count"] == -(-n_out // 25)
+    if follow == "video":
+        assert n_out == 76 and m_many["chunks"]["count"] == 4  # the last chunk is the last frame alone
+    else:
+        assert n_out > 76  # ping-pong extension across chunk boundaries
+    a, b = decoded(tmp_path / "one" / "output.mp4"), decoded(tmp_path / "many" / "output.mp4")
+    assert len(a) == len(b) == n_out
+    expected = [source_index(i, 76) for i in range(n_out)]
+    assert [index_of(f) for f in a] == expected
+    assert [index_of(f) for f in b] == expected
+    assert pts_steps(tmp_path / "many" / "output.mp4") == {round(1 / FPS, 4)}  # continuous timestamps
+    # the pictures agree too (each chunk is its own encode: equal up to encoding noise)
+    assert float(np.abs(a.astype(int) - b.astype(int)).mean()) < 1.5
+    assert not list((tmp_path / "many").glob(".work-*"))  # the work area went after the publish
+
+
+def chunk_done_lines(proc: subprocess.Popen, count: int) -> list[str]:
+    assert proc.stdout is not None
+    seen, lines = 0, []
+    for line in proc.stdout:
+        lines.append(line)
+        if '"event": "chunk-done"' in line:
+            seen += 1
+            if seen >= count:
+                break
+    return lines
+
+
+def kill_after_chunks(folder: Path, name: str, video: Path, audio: Path, chunks: int, uri: str | None = None,
+                      env: dict | None = None):
+    job = job_file(folder, name=name, video=str(video), audio=str(audio), timing={"follow": "video"},
+                   render={"chunkSeconds": 1}, output={"uri": uri or str(folder / name),
+                                                                          "preset": "ultrafast"})
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync.cli", "run", "--log-format", "json", str(job)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(RUNNER), **(env or {})})
+    lines = chunk_done_lines(proc, chunks)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return job, lines
+
+
+@pytest.mark.parametrize("store", ["folder", "s3"])
+def test_resume_after_sigkill_renders_only_the_missing_chunks(media, tmp_path, monkeypatch, store):
+    uri, env = None, {}
+    if store == "s3":
+        server_gen = s3server.running(tmp_path, monkeypatch)
+        next(server_gen)
+        uri, env = "s3://lipsync/renders/resume", dict(os.environ)
+    total = len(plan_chunks(76, FPS, 1.0))  # 1 s chunks: 4
+    job, _ = kill_after_chunks(tmp_path, "resume", media["video"], media["short"], chunks=2, uri=uri, env=env)
+    again = subprocess.run([sys.executable, "-m", "lipsync.cli", "run", "--log-format", "json", str(job)],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(RUNNER)}, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:]
+    reference = run(tmp_path, "reference", media["video"], media["short"], timing={"follow": "video"},
+                    render={"chunkSeconds": 1})
+    assert reference.returncode == 0
+    if store == "s3":
+        from lipsync.io import s3
+
+        got_metrics = json.loads(s3.S3Store(uri).get("metrics.json"))
+        s3.download(f"{uri}/output.mp4", tmp_path / "resumed.mp4")
+        resumed = tmp_path / "resumed.mp4"
+        left = [o.object_name for o in s3.client_from_env().list_objects(s3server.BUCKET, "renders/", recursive=True)]
+        assert not [k for k in left if "/.work-" in k]
+    else:
+        got_metrics = json.loads((tmp_path / "resume" / "metrics.json").read_text())
+        resumed = tmp_path / "resume" / "output.mp4"
+    stats = got_metrics["chunks"]
+    assert stats["count"] == total
+    assert stats["reused"] >= 2 and stats["rendered"] <= total - 2 + 1
+    assert np.array_equal(decoded(resumed), decoded(tmp_path / "reference" / "output.mp4"))
+
+
+def test_workers_and_shards_split_the_work(media, tmp_path):
+    two = run(tmp_path, "two", media["video"], media["short"], "--workers", "2", timing={"follow": "video"},
+              render={"chunkSeconds": 1})
+    assert two.returncode == 0, two.stdout[-3000:]
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["chunks"]["workers"] == 2
+    one = run(tmp_path, "one", media["video"], media["short"], "--workers", "1", timing={"follow": "video"},
+              render={"chunkSeconds": 1})
+    a, b = decoded(tmp_path / "two" / "output.mp4"), decoded(tmp_path / "one" / "output.mp4")
+    assert [index_of(f) for f in a] == [index_of(f) for f in b] == list(range(76))
+    # the workers' encoders run with fewer threads each, and x264's output depends on its thread count
+    assert float(np.abs(a.astype(int) - b.astype(int)).mean()) < 1.0
+    # pods of an Indexed Job: each renders its share and publishes nothing; a plain run then stitches
+    for index in range(2):
+        part = run(tmp_path, "pods", media["video"], media["short"], "--shard", f"{index}/2",
+                   timing={"follow": "video"}, render={"chunkSeconds": 1})
+        assert part.returncode == 0, part.stdout[-3000:]
+        assert not (tmp_path / "pods" / "output.mp4").exists()
+    final = run(tmp_path, "pods", media["video"], media["short"], timing={"follow": "video"}, render={"chunkSeconds": 1})
+    assert final.returncode == 0
+    stats = json.loads((tmp_path / "pods" / "metrics.json").read_text())["chunks"]
+    assert stats["reused"] == stats["count"] == 4 and stats["rendered"] == 0
+    assert np.array_equal(decoded(tmp_path / "pods" / "output.mp4"), decoded(tmp_path / "one" / "output.mp4"))
+
+
+def test_plan_and_shards():
+    chunks = plan_chunks(101, 25.0, 1.0)
+    assert [(c.first, c.last) for c in chunks] == [(0, 25), (25, 50), (50, 75), (75, 100), (100, 101)]
+    shares = [shard(chunks, k, 3) for k in range(3)]
+    assert [c.index for s in shares for c in s] == [0, 1, 2, 3, 4] and all(shares)
+    assert [c.index for c in shard(chunks, 0, 1)] == [0, 1, 2, 3, 4]
