@@ -245,9 +245,19 @@ def test_lipsync_track_writes_the_track_as_json(tmp_path):
 
     video = clip(tmp_path / "face.mp4", seconds=1.0)
     out = tmp_path / "track.json"
-    proc = run_cli("track", str(video), "--json", str(out))
+    drawn = tmp_path / "track.mp4"
+    proc = run_cli("track", str(video), "--json", str(out), "--overlay", str(drawn))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())
+    # the overlay: the same frames, the crop box drawn in green where the JSON says it is
+    from .media import frames
+
+    pics = frames(drawn)
+    assert len(pics) == 25
+    x, y, size = doc["frames"][12]["box"]
+    edge = pics[12][y + size // 4: y + 3 * size // 4, x + 1].astype(int)  # the box's left side
+    assert (edge[:, 1] > 200).all() and (edge[:, 0] < 80).all() and (edge[:, 2] < 80).all()
+    assert not (tmp_path / "track.mp4.tmp.mp4").exists()
     assert doc["frames_total"] == len(doc["frames"]) == 25 and doc["cuts"] == [0] and "25 of 25 frames" in proc.stdout
     for f in doc["frames"]:
         x, y, size = f["box"]

@@ -219,6 +219,12 @@ def cmd_track(args: argparse.Namespace) -> int:
     except LipSyncError as e:
         print(str(e), file=sys.stderr)
         return e.exit_code
+    if args.overlay:
+        try:
+            _draw_track(video, info, boxes, Path(args.overlay))
+        except LipSyncError as e:
+            print(str(e), file=sys.stderr)
+            return e.exit_code
     doc = track.to_json(sc, boxes, width=info.width, height=info.height, fps=float(info.fps), face=face, padding=padding)
     if args.json:
         tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
@@ -226,8 +232,40 @@ def cmd_track(args: argparse.Namespace) -> int:
         tmp.replace(args.json)
     found = sum(b is not None for b in boxes)
     print(f"{found} of {sc.frames} frames have a face box; {len(sc.cuts)} shot(s); "
-          f"{sc.detector_calls} detector calls; jitter {doc['jitter']}" + (f"; written to {args.json}" if args.json else ""))
+          f"{sc.detector_calls} detector calls; jitter {doc['jitter']}" + (f"; written to {args.json}" if args.json else "") + (f"; drawn in {args.overlay}" if args.overlay else ""))
     return 0
+
+
+def _draw_track(video: Path, info, boxes: list, dest: Path) -> None:
+    """The video with its track drawn on every frame (H.264, no sound), written beside and renamed."""
+    import subprocess
+
+    import numpy as np
+
+    from .errors import EncodeFailed
+    from .video import track
+    from .video.decode import FrameReader, decode_command
+
+    tmp = dest.with_name(dest.name + ".tmp.mp4")
+    w, h = info.width, info.height
+    enc = subprocess.Popen(["ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}",
+                            "-r", str(info.fps), "-i", "pipe:", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
+                            "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", str(tmp)],
+                           stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert enc.stdin is not None
+    try:
+        with FrameReader(decode_command(video, fps=info.fps, start_time=info.start_time), w, h, field="video") as reader:
+            for i, frame in enumerate(reader):
+                enc.stdin.write(track.draw(np.array(frame), boxes[i] if i < len(boxes) else None).tobytes())
+    except BrokenPipeError:
+        pass
+    finally:
+        enc.stdin.close()
+        err = enc.stderr.read().decode(errors="replace") if enc.stderr else ""
+    if enc.wait() != 0:
+        tmp.unlink(missing_ok=True)
+        raise EncodeFailed(f"ffmpeg could not write --overlay {str(dest)!r}: {err.strip()[-300:]}", stage="track")
+    tmp.replace(dest)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -268,6 +306,7 @@ def parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("track", help="the face track of a video (boxes, landmarks, cuts) without rendering")
     tr.add_argument("video")
     tr.add_argument("--json", metavar="FILE", help="write the per-frame boxes, landmarks and shot cuts here")
+    tr.add_argument("--overlay", metavar="FILE", help="write the video with the boxes, landmarks and mouth drawn (MP4)")
     tr.add_argument("--select", choices=["largest", "index"], help="as spec.face.select (default largest)")
     tr.add_argument("--index", type=int, help="as spec.face.index")
     tr.add_argument("--detector", choices=["haar", "haar-alt2", "yunet"], help="as spec.face.detector (default haar)")

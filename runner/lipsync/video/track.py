@@ -437,3 +437,20 @@ def to_json(sc: Scan, boxes: list[CropBox | None], *, width: int, height: int, f
         } for b in boxes],
         "jitter": jitter(boxes),
     }
+
+
+BOX_COLOUR, MOUTH_COLOUR, POINT_COLOUR = (0, 255, 0), (0, 0, 255), (255, 255, 0)  # BGR
+
+
+def draw(frame: np.ndarray, box: CropBox | None) -> np.ndarray:
+    """``frame`` (BGR, full resolution) with the crop box (green), its landmarks (cyan) and the
+    mouth centre (red) drawn on it, in place; unchanged where ``box`` is None."""
+    if box is None:
+        return frame
+    t = max(2, frame.shape[1] // 480)
+    cv2.rectangle(frame, (box.x, box.y), (box.x + box.size - 1, box.y + box.size - 1), BOX_COLOUR, t)
+    for px, py in box.landmarks:
+        cv2.circle(frame, (int(round(px)), int(round(py))), 2 * t, POINT_COLOUR, -1)
+    if box.mouth is not None:
+        cv2.drawMarker(frame, (int(round(box.mouth[0])), int(round(box.mouth[1]))), MOUTH_COLOUR, cv2.MARKER_CROSS, 8 * t, t)
+    return frame
