@@ -114,6 +114,7 @@ LABEL org.opencontainers.image.title="lipsync-operator" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /opt/venv /opt/venv
 ENV LIPSYNC_VARIANT=${VARIANT} \
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2147483648:glibc.malloc.trim_threshold=4294967296 \
     HOME=/home/lipsync
 WORKDIR /home/lipsync
 USER 10001:10001

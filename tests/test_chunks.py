@@ -68,6 +68,7 @@ def run(folder: Path, name: str, video: Path, audio: Path, *args: str, uri: str 
     job = job_file(folder, name=name, video=str(video), audio=str(audio),
                    output={"uri": uri or str(folder / name), "preset": "ultrafast"}, **spec)
     env = {**os.environ, "PYTHONPATH": str(RUNNER), "LIPSYNC_RESULT_FILE": str(folder / f"{name}.result.json")}
+    env.pop("GLIBC_TUNABLES", None)
     return subprocess.run([sys.executable, "-m", "lipsync.cli", "run", "--log-format", "json", *args, str(job)],
                           capture_output=True, text=True, env=env, timeout=600)
 
@@ -169,7 +170,11 @@ def test_workers_and_shards_split_the_work(media, tmp_path):
     two = run(tmp_path, "two", media["video"], media["short"], "--workers", "2", timing={"follow": "video"},
               render={"chunkSeconds": 1})
     assert two.returncode == 0, two.stdout[-3000:]
-    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["chunks"]["workers"] == 2
+    m_two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert m_two["chunks"]["workers"] == 2
+    from lipsync.cli import MALLOC_TUNABLES
+
+    assert m_two["runtime"]["glibc_tunables"] == MALLOC_TUNABLES  # `run` re-executed itself with it
     one = run(tmp_path, "one", media["video"], media["short"], "--workers", "1", timing={"follow": "video"},
               render={"chunkSeconds": 1})
     a, b = decoded(tmp_path / "two" / "output.mp4"), decoded(tmp_path / "one" / "output.mp4")

@@ -9,7 +9,7 @@ JSON merge patch of the changed keys through the status subresource. So the Job 
 progress poller and the dispatcher cannot overwrite each other's newer facts, and a write that
 changes nothing costs no API call.
 
-Progress: while a LipSyncJob is Running, a kopf daemon polls every ``LIPSYNC_PROGRESS_INTERVAL``
+Progress: while a LipSyncJob is Running, the work loop polls every ``LIPSYNC_PROGRESS_INTERVAL``
 seconds (default 5): it lists the Job's pods, tails the running pod's log (``tailLines=200``) and
 takes the last ``{"event": "progress", ...}`` line. Polling the log was chosen over the runner
 patching its own status (the runner never talks to Kubernetes and needs no RBAC), over pod
@@ -172,6 +172,7 @@ class Controller:
         self.statuses: dict[Key, dict[str, Any]] = {}
         self.uids: dict[Key, str] = {}
         self.locks: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self.reconciling: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.deleting: set[Key] = set()
         self.job_seen: dict[Key, Any] = {}  # the Job state last written into the status, to skip no-ops
         self.index_progress: dict[Key, dict[int, int]] = {}  # an Indexed render: index -> last percent
@@ -185,7 +186,11 @@ class Controller:
         # The work queue: key -> when (loop time) it is due; failures per key for the backoff.
         self.due: dict[Key, float] = {}
         self.failures: collections.Counter[Key] = collections.Counter()
+        self.create_after: dict[Key, float] = {}  # loop time before which a failed create is not retried
         self._wake = asyncio.Event()
+        # Set while this replica may act (always, without leader election; see leader.py).
+        self.leading = asyncio.Event()
+        self.leading.set()
 
     # ------------------------------------------------------------------ state
     def remember(self, body: Mapping[str, Any]) -> Key:
@@ -238,12 +243,17 @@ class Controller:
         self._wake.set()
 
     async def attempt(self, key: Key) -> bool:
-        """One reconcile (or dispatch) of ``key``; on any failure it is queued again with backoff."""
+        """One reconcile (or dispatch) of ``key``; on any failure it is queued again with backoff.
+
+        A replica that is not the leader does nothing (the leader's resync covers everything)."""
+        if not self.leading.is_set():
+            return True
         try:
             if key == DISPATCH:
                 await self.dispatch()
             else:
-                await self.reconcile(key)
+                async with self.reconciling[key]:  # one at a time per object: no duplicate reads
+                    await self.reconcile(key)
         except Exception as e:  # an API fault delays the truth; the queue tries again
             n = self.failures[key] = self.failures[key] + 1
             delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** (n - 1)) * random.uniform(0.5, 1.0)
@@ -270,12 +280,24 @@ class Controller:
                 await self.attempt(key)
 
         while True:
+            if not self.leading.is_set():
+                await self.leading.wait()
+                # A new leader starts from what the indexes show now (its cache may be older than
+                # the last leader's writes) with a full resync.
+                self.statuses.clear()
+                self.uids.clear()
+                self.job_seen.clear()
+                next_resync = loop.time()
             now = loop.time()
             if self.cr_index is not None and now >= next_resync:
                 next_resync = now + self.settings.resync_seconds
                 for c in self._candidates():
                     if not c.finished and not c.deleting:
                         self.due.setdefault(c.key, now)
+                live = {(c.key, c.uid) for c in self._candidates()}
+                for j in self._job_facts():
+                    if (j.key, j.uid) not in live:  # a Job whose LipSyncJob is gone
+                        self.due.setdefault(j.key, now)
                 self.due.setdefault(DISPATCH, now)
             ready = [k for k, t in self.due.items() if t <= now] if self.cr_index is not None else []
             for k in ready:
@@ -358,6 +380,8 @@ class Controller:
         meta = body.get("metadata") or {}
         key = (meta.get("namespace"), meta.get("name"))
         self.deleting.add(key)
+        if not self.leading.is_set():
+            return
         name = ((body.get("status") or {}).get("jobName")
                 or jobs_mod.job_name(meta.get("name", ""), meta.get("uid", "")))
         stitch = ((body.get("status") or {}).get("stitchJobName")
@@ -376,6 +400,7 @@ class Controller:
         forget_arrival(self.uids.get(key))
         self.uids.pop(key, None)
         self.locks.pop(key, None)
+        self.reconciling.pop(key, None)
         self.statuses.pop(key, None)
         self.job_seen.pop(key, None)
         self.index_progress.pop(key, None)
@@ -383,6 +408,7 @@ class Controller:
         self.stitch_locks.pop(key, None)
         self.due.pop(key, None)
         self.failures.pop(key, None)
+        self.create_after.pop(key, None)
 
     # ------------------------------------------------------------------ reconcile
     async def reconcile(self, key: Key) -> None:
@@ -397,6 +423,12 @@ class Controller:
         * otherwise it waits for the dispatcher (queue).
         """
         cand = self._candidate(key)
+        for f in (self.job_index or {}).get(key) or []:
+            if cand is None or f.uid != cand.uid:
+                # Its LipSyncJob is gone (deleted at once: there is no finalizer) or was re-created:
+                # the garbage collector would remove the Job too; the operator does not wait for it.
+                if await self.kube.delete_job(key[0], f.name):
+                    log.info("deleted Job %s/%s: its LipSyncJob is gone", key[0], f.name)
         if cand is None or cand.deleting or key in self.deleting:
             return
         self._seed(key, cand.uid, cand.status or {})
@@ -419,7 +451,15 @@ class Controller:
             await self._reconcile_indexed(key, cand, cur, facts, gen, now)
             return
         if facts:
-            fact = next((f for f in facts if not f.finished), facts[-1])
+            fact = next((f for f in facts if f.name == cur.get("jobName")), None) or \
+                next((f for f in facts if not f.finished), facts[-1])
+            for other in facts:
+                if other is not fact and _unadmitted(other):  # left over from an interrupted replacement
+                    await self.kube.delete_job(key[0], other.name)
+            if self.settings.kueue_queue and _unadmitted(fact) and cand.job is not None \
+                    and cand.digest != fact.body.get("specDigest"):
+                await self._replace(cand, fact, now)  # an edit while only queued in Kueue: taken
+                return
             job, name = fact.body, fact.name
         else:
             if key in self.dispatcher.started:
@@ -535,6 +575,32 @@ class Controller:
                    message=f"every index rendered; {verb} Job {name} to join the chunks and publish")
         return made
 
+    async def _replace(self, cand: queue.Candidate, old: queue.JobFact, now: str) -> None:
+        """A suspended Job that Kueue never admitted, for a spec since edited: the edit is taken.
+
+        The Job of the new spec (its name carries the generation) is created first, the status
+        then names it, and only then is the old Job deleted, so that no step leaves the
+        LipSyncJob without a Job its status names.
+        """
+        assert cand.job is not None
+        manifest = jobs_mod.job_manifest(cand.job, self.settings, generation=cand.generation)
+        name = manifest["metadata"]["name"]
+        try:
+            job = await self.kube.create_job(cand.namespace, manifest)
+        except KubeError as e:
+            if e.status != 409:
+                raise
+            job = await self.kube.read_job(cand.namespace, name)
+            if job is None or _controller_uid(job) != cand.uid:
+                raise RuntimeError(f"Job {name} exists but is not this LipSyncJob's (yet)") from None
+        body = jobs_mod.job_facts_body(job)
+        await self.write(cand.key, lambda s: status.from_job(
+            s, body, [], generation=cand.generation, now=now, job_name=name))
+        self.job_seen.pop(cand.key, None)
+        await self.kube.delete_job(cand.namespace, old.name)
+        kopf.event(ref(cand.namespace, cand.name, cand.uid), type="Normal", reason="JobReplaced",
+                   message=f"spec edited while queued in Kueue: Job {name} replaces {old.name}")
+
     async def _without_job(self, key: Key, cand: queue.Candidate, name: str, gen: int | None, now: str) -> None:
         """The Job is gone and no event said how it ended: the published output, else JobDeleted."""
         found = await published(cand)
@@ -556,15 +622,20 @@ class Controller:
         async with self.dispatcher.lock:
             jobs = self._job_facts()
             self.dispatcher.seen(jobs)
+            now_t = asyncio.get_running_loop().time()
             cands = [c for c in self._candidates() if c.key not in self.deleting
                      and self.statuses.get(c.key, {}).get("phase") not in status.TERMINAL
-                     and not self.statuses.get(c.key, {}).get("jobName")]
+                     and not self.statuses.get(c.key, {}).get("jobName")
+                     and self.create_after.get(c.key, 0.0) <= now_t]  # a failed create backs off
             plan = queue.plan(cands, jobs, budget=self.settings.gpu_budget,
                               in_flight=self.dispatcher.started.values(),
                               kueue=bool(self.settings.kueue_queue))
             for c in plan.start:
                 self.dispatcher.started[c.key] = c
             self.last_plan = plan
+            waits = [t for t in self.create_after.values() if t > now_t]
+            if waits:  # come back when the first backoff ends
+                self.kick(DISPATCH, min(waits) - now_t)
         if plan.start:
             await asyncio.gather(*(self._start(c) for c in plan.start))
         now = status.now_iso()
@@ -605,6 +676,7 @@ class Controller:
             n = self.failures[c.key] = self.failures[c.key] + 1
             delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** n)
             log.warning("could not start %s/%s: %s (retried in %.1f s)", c.namespace, c.name, why, delay)
+            self.create_after[c.key] = asyncio.get_running_loop().time() + delay
             self.kick(DISPATCH, delay)
             now = status.now_iso()
             try:
@@ -619,6 +691,7 @@ class Controller:
                            message=f"could not create Job {name}: {why}")
             return
         self.failures.pop(c.key, None)
+        self.create_after.pop(c.key, None)
         waited = seconds_between(c.created, status.now_iso())
         if waited is not None and verb == "created":
             self.metrics.wait.observe(waited)
@@ -636,6 +709,8 @@ class Controller:
             return status.from_job(s, body, [], generation=c.generation, now=now, job_name=name)
         try:
             await self.write(c.key, compute)
+            if verb == "created":  # a new Job has no pods yet: the status is what it says
+                self.job_seen.setdefault(c.key, (name, body) if total <= 1 else (name, body, None))
         except Exception:
             # The Job exists; the status that says so is retried (a reconcile finds the Job).
             self.kick(c.key, BACKOFF_FIRST_S)
@@ -650,6 +725,25 @@ class Controller:
         await self.attempt(fact.key)
 
     # ------------------------------------------------------------------ progress
+    async def poll_forever(self) -> None:
+        """Every ``LIPSYNC_PROGRESS_INTERVAL`` s, one progress poll of each Running LipSyncJob."""
+        slots = asyncio.Semaphore(8)
+
+        async def one(key: Key, uid: str) -> None:
+            async with slots:
+                try:
+                    await self.poll_progress(key, uid)
+                except Exception as e:  # a failed poll is not a failed render: next round
+                    log.warning("progress poll of %s/%s failed: %s", *key, e)
+
+        while True:
+            await asyncio.sleep(self.settings.progress_interval)
+            if not self.leading.is_set():
+                continue
+            running = [(k, self.uids.get(k) or "") for k, st in list(self.statuses.items())
+                       if st.get("phase") == "Running" and k not in self.deleting]
+            await asyncio.gather(*(one(k, uid) for k, uid in running))
+
     async def poll_progress(self, key: Key, uid: str) -> None:
         """One progress poll of a Running LipSyncJob (see the module docstring)."""
         if self.statuses.get(key, {}).get("phase") != "Running":
@@ -673,7 +767,6 @@ class Controller:
         pct, stage = found
         await self.write(key, lambda s: status.with_progress(s, pct, stage))
 
-
     async def _poll_indexed(self, key: Key, total: int, pods: list[dict[str, Any]]) -> None:
         """Progress of an Indexed render: each running index's last progress line, each done index
         100 %, averaged (:func:`status.aggregate_progress`)."""
@@ -692,6 +785,13 @@ class Controller:
         done = status.indices_done({}, pods, total)
         pct = status.aggregate_progress(total, done, seen)
         await self.write(key, lambda s: status.with_progress(s, pct, stage))
+
+
+def _unadmitted(fact: queue.JobFact) -> bool:
+    """A suspended Job that never started (Kueue has not admitted it)."""
+    body = fact.body or {}
+    return bool((body.get("spec") or {}).get("suspend")) and not (body.get("status") or {}).get("startTime") \
+        and not fact.finished
 
 
 def _controller_uid(job: Mapping[str, Any]) -> str:

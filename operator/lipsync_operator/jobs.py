@@ -58,14 +58,15 @@ RUNNER_COMMAND = ["lipsync", "run", "--job-env", "LIPSYNC_JOB", "--log-format", 
 _MAX_NAME = 63
 
 
-def job_name(name: str, uid: str) -> str:
+def job_name(name: str, uid: str, generation: int | None = None) -> str:
     """``lipsync-<name>-<8 hex of sha256(uid)>``, the name trimmed so the whole fits 63 chars.
 
     A DNS-1123 label (dots become dashes), so it is also a valid ``job-name`` label value.
     The uid suffix keeps a deleted-and-recreated LipSyncJob of the same name from adopting the
     old Job while its deletion is still in progress.
     """
-    digest = hashlib.sha256(uid.encode()).hexdigest()[:8]
+    seed = uid if generation is None else f"{uid}/{generation}"  # a Kueue replacement (see controller)
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:8]
     stem = re.sub(r"[^a-z0-9-]", "-", name.lower())
     room = _MAX_NAME - len("lipsync-") - 1 - len(digest)
     stem = stem[:room].strip("-") or "job"
@@ -109,11 +110,14 @@ def runner_document(job: LipSyncJob) -> dict[str, Any]:
     }
 
 
-def job_manifest(job: LipSyncJob, settings: Settings, step: str = RENDER) -> dict[str, Any]:
+def job_manifest(job: LipSyncJob, settings: Settings, step: str = RENDER, *,
+                 generation: int | None = None) -> dict[str, Any]:
     """The complete ``batch/v1`` Job manifest for one LipSyncJob.
 
     ``step``: ``render`` (one pod, or with ``spec.parallelism`` N > 1 an Indexed Job of N pods
     each rendering its share), or ``stitch`` (after an Indexed render: join and publish).
+    ``generation``: set for a render Job that replaces a never-admitted Kueue Job after a spec
+    edit (its name must differ from the one being deleted); None for the first Job.
     """
     meta = job.metadata
     if not meta.uid or not meta.namespace:
@@ -124,7 +128,7 @@ def job_manifest(job: LipSyncJob, settings: Settings, step: str = RENDER) -> dic
     gpu = needs_gpu(job)
     if step == STITCH:
         gpu = gpu and job.spec.model.options.get("device") == "cuda"
-    name = job_name(meta.name, meta.uid) if step == RENDER else stitch_job_name(meta.name, meta.uid)
+    name = job_name(meta.name, meta.uid, generation) if step == RENDER else stitch_job_name(meta.name, meta.uid)
 
     labels = {
         "app.kubernetes.io/name": "lipsync",

@@ -92,6 +92,23 @@ def _model_rules() -> list[dict[str, str]]:
     ]
 
 
+def _face_rules() -> list[dict[str, str]]:
+    return [
+        {
+            "rule": "!has(self.detector) || self.detector != 'yunet' || (has(self.weights) && size(self.weights) > 0)",
+            "message": "face detector 'yunet' needs spec.face.weights, the YuNet ONNX file",
+            "fieldPath": ".weights",
+            "reason": "FieldValueRequired",
+        },
+        {
+            "rule": "(has(self.detector) && self.detector == 'yunet') || !has(self.weights)",
+            "message": "spec.face.weights is only for detector: yunet",
+            "fieldPath": ".weights",
+            "reason": "FieldValueForbidden",
+        },
+    ]
+
+
 def _option_keys(model: str) -> list[str]:
     return sorted(info.alias or f for f, info in MODEL_OPTIONS[model].model_fields.items())
 
@@ -137,7 +154,7 @@ def _options_schema(description: str) -> dict[str, Any]:
 
 # CEL rules by pydantic model (JSON Schema $defs) name. Keep them in step with the model
 # validators in spec.py; tests/test_crd.py evaluates each rule against pydantic on samples.
-RULES: dict[str, list[dict[str, str]]] = {"ModelSpec": _model_rules() + _option_rules()}
+RULES: dict[str, list[dict[str, str]]] = {"ModelSpec": _model_rules() + _option_rules(), "FaceSpec": _face_rules()}
 
 
 def _options_help() -> str:

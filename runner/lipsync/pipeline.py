@@ -389,6 +389,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
             "identity": ident,
             "spec": spec_record(job),
             "model": spec.model.name,
+            "runtime": {"glibc_tunables": os.environ.get("GLIBC_TUNABLES")},
             "video": {"width": video_info.width, "height": video_info.height, "fps": plan.fps,
                       "variable_rate": video_info.variable_rate, "rotation": video_info.rotation,
                       "source_frames": plan.n_src},

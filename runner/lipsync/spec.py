@@ -168,10 +168,26 @@ class FaceSpec(_Model):
         description="Margin added around the face box, as a fraction of its side; "
         "default 0.12 for wav2lip (trained on tight boxes that reach the chin), 0.25 otherwise.",
     )
-    detector: Literal["haar", "haar-alt2"] = Field(
-        "haar", description="Face detector, OpenCV cascades shipped in the wheel: haar (fastest) or haar-alt2 "
-        "(fewer false faces, tighter boxes, a little slower). Both are verified by an eye cascade.")
+    detector: Literal["haar", "haar-alt2", "yunet"] = Field(
+        "haar", description="Face detector: haar or haar-alt2 (OpenCV's cascades, shipped; every face verified by "
+        "its eyes), or yunet (OpenCV's YuNet from spec.face.weights: finds smaller and turned faces, and landmarks).")
+    weights: str | None = Field(
+        None, description=f"With detector=yunet: the YuNet ONNX file (face_detection_yunet_2023mar.onnx), {_URI_HELP}.")
     detect_every: int = Field(5, ge=1, le=100, description="Run the detector every N frames; track in between.")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v, field="spec.face.weights")
+
+    @model_validator(mode="after")
+    def _detector_weights(self) -> "FaceSpec":
+        if self.detector == "yunet" and not self.weights:
+            raise ValueError("face detector 'yunet' needs spec.face.weights, the YuNet ONNX file "
+                             "(face_detection_yunet_2023mar.onnx from OpenCV's model zoo)")
+        if self.detector != "yunet" and self.weights:
+            raise ValueError(f"spec.face.weights is only for detector: yunet; {self.detector!r} ships its own")
+        return self
 
 
 class TimingSpec(_Model):
