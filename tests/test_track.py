@@ -274,3 +274,13 @@ def test_lipsync_track_refuses_bad_input_clearly(tmp_path):
     assert proc.returncode == 11 and "missing.mp4" in proc.stderr
     proc = run_cli("track", str(tmp_path / "missing.mp4"), "--detector", "yunet")
     assert proc.returncode == 10 and "needs spec.face.weights" in proc.stderr
+
+
+def test_a_still_faceless_shot_is_searched_once_and_a_face_entering_it_is_still_found_at_once():
+    layout = [None] * 33 + [(0.5, 0.5)] * 12  # a still empty room, then the face appears at 33
+    sc = scan(iter(frames(layout)), 1.0, FaceSpec(detect_every=5))
+    # frame 0; then not until the picture changed (35), and once looking back for the entry (31; 32 is
+    # unchanged from 31, 33 and 34 are found near the face): 9 keyframes, 3 whole-frame searches
+    assert sc.searches == 3
+    track = build_track(sc, fps=25, padding=0.25, every=5)
+    assert [t is not None for t in track] == [p is not None for p in layout]

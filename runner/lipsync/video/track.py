@@ -30,6 +30,7 @@ MOUTH_BELOW_EYES = 1.0  # mouth centre below the eyes' midpoint, in eye distance
 EYE_LINE_NOISE = float(np.radians(4.0))  # eye-line slope taken as detector noise
 FOLLOW_FACE = 32  # px: the face's width in the patch followed from frame to frame between detections
 FOLLOW_MATCH = 0.6  # normalised correlation from which the followed patch is taken as found
+STILL = 2.0  # grey levels: no 32 px block's mean moved more than this, the frame is unchanged
 CUT_THRESHOLD = 30.0  # mean absolute difference of 64x36 grey thumbnails, 0-255
 
 
@@ -98,6 +99,7 @@ class Scan:
     detector_calls: int
     landmarks: dict[int, tuple[tuple[float, float], ...]] = field(default_factory=dict)  # of detections, full-res
     followed: dict[int, tuple[float, float]] = field(default_factory=dict)  # face centre between detections, full-res
+    searches: int = 0  # whole-frame searches (the expensive part of ``detector_calls``)
 
 
 def analysis_size(width: int, height: int) -> tuple[tuple[int, int], float]:
@@ -171,9 +173,11 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
     patch: tuple[np.ndarray, float] | None = None  # the last detected face (grey, shrunk by the factor)
     newest = 0  # the latest frame seen: only a detection there renews the patch
     ahead: Face | None = None  # where the patch was followed to in the frame before this one (analysis pixels)
+    searches = 0  # whole-frame searches
+    empty: np.ndarray | None = None  # block means of the last frame a whole-frame search found no face in
 
     def detect(i: int, gray: np.ndarray) -> Box | None:
-        nonlocal calls, previous, lost, look, patch, ahead
+        nonlocal calls, previous, lost, look, patch, ahead, searches, empty
         calls += 1
         chosen: Face | None = None
         if previous is not None:  # near the last face: only a box that continues it
@@ -189,13 +193,19 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
             if chosen is not None and lost and not _same(gray, chosen, look):
                 chosen = None  # someone else stepped into the place where the person left
         if chosen is None:  # the whole frame: the person anywhere, or the rule's first choice
-            found = det.detect(gray, int(MIN_FACE * max(gray.shape[:2])))
-            if look is None:
-                pick = select_face([_box(f, 1.0) for f in found], face)
-                chosen = next((f for f in found if pick is not None and _box(f, 1.0) == pick), None)
-            else:
-                scored = [(float(d @ look), f) for f in found if (d := faces.appearance(gray, f.x, f.y, f.w, f.h)) is not None]
-                chosen = max((sf for sf in scored if sf[0] >= SAME_PERSON), key=lambda sf: sf[0], default=(0.0, None))[1]
+            blocks = _blocks(gray)
+            # nothing moved anywhere since a whole-frame search found nobody to follow: still nobody
+            if not (empty is not None and empty.shape == blocks.shape and float(np.abs(blocks - empty).max()) < STILL):
+                searches += 1
+                found = det.detect(gray, int(MIN_FACE * max(gray.shape[:2])))
+                if look is None:
+                    pick = select_face([_box(f, 1.0) for f in found], face)
+                    chosen = next((f for f in found if pick is not None and _box(f, 1.0) == pick), None)
+                else:
+                    scored = [(float(d @ look), f) for f in found
+                              if (d := faces.appearance(gray, f.x, f.y, f.w, f.h)) is not None]
+                    chosen = max((sf for sf in scored if sf[0] >= SAME_PERSON), key=lambda sf: sf[0], default=(0.0, None))[1]
+                empty = blocks if chosen is None else None
         if chosen is not None:
             d = faces.appearance(gray, chosen.x, chosen.y, chosen.w, chosen.h)
             if d is not None:
@@ -257,7 +267,7 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
             if buffer and buffer[-1][0] != last_key:
                 keyframe(*buffer[-1])  # the old shot's last frame anchors its tail
             cuts.append(i)
-            previous, last_key, lost, ahead = None, None, True, None
+            previous, last_key, lost, ahead, empty = None, None, True, None, None
             buffer.clear()
         newest = i
         if is_cut or i % every == 0:
@@ -267,7 +277,8 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
         buffer.append((i, gray))
     if buffer and buffer[-1][0] != last_key:
         keyframe(*buffer[-1])  # the last frame anchors the tail
-    return Scan(n, detections, cuts or [0], calls, landmarks, {k: v for k, v in followed.items() if k not in detections})
+    return Scan(n, detections, cuts or [0], calls, landmarks, {k: v for k, v in followed.items() if k not in detections},
+                searches)
 
 
 def _patch(gray: np.ndarray, f: Face) -> tuple[np.ndarray, float] | None:
@@ -277,6 +288,13 @@ def _patch(gray: np.ndarray, f: Face) -> tuple[np.ndarray, float] | None:
     if x1 - x0 < 8 or y1 - y0 < 8:
         return None
     return cv2.resize(gray[y0:y1, x0:x1], None, fx=k, fy=k, interpolation=cv2.INTER_AREA), k
+
+
+def _blocks(gray: np.ndarray) -> np.ndarray:
+    """Mean grey of 8×8 px blocks of a quarter-size copy (32 px of the analysis frame each)."""
+    h, w = gray.shape[:2]
+    q = cv2.resize(gray, (max(8, w // 4) // 8 * 8, max(8, h // 4) // 8 * 8), interpolation=cv2.INTER_AREA)
+    return q.reshape(q.shape[0] // 8, 8, q.shape[1] // 8, 8).mean(axis=(1, 3))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
