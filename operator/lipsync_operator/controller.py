@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import kopf
 
 from lipsync import policy
-from lipsync.errors import LipSyncError
+from lipsync.errors import LipSyncError, NotAllowed
 from lipsync.spec import API_VERSION, KIND, LipSyncJob, parse_job
 
 from . import jobs as jobs_mod
@@ -60,6 +60,12 @@ def check(body: Mapping[str, Any], settings: Settings | None = None) -> tuple[Li
         if settings is not None:
             namespace = meta.get("namespace") or ""
             policy.check(job.spec, settings.cluster_policy(namespace), namespace=namespace)
+            slots = jobs_mod.gpu_slots(job)
+            if not settings.kueue_queue and slots > settings.gpu_budget:
+                raise NotAllowed(
+                    f"spec.parallelism {slots}: each pod of a GPU model takes one GPU of this operator's budget, "
+                    f"which is {settings.gpu_budget} (LIPSYNC_GPU_BUDGET); the render could never start. "
+                    f"Lower spec.parallelism to at most {settings.gpu_budget}")
         return job, None
     except LipSyncError as e:
         return None, e
@@ -106,6 +112,7 @@ def candidate(body: Mapping[str, Any], settings: Settings | None = None) -> queu
         uid=meta.get("uid") or "",
         created=meta.get("creationTimestamp") or "",
         gpu=bool(job and jobs_mod.needs_gpu(job)),
+        slots=max(1, jobs_mod.gpu_slots(job)) if job is not None else 1,
         valid=job is not None,
         error=error.message if error is not None else None,
         error_reason=error.reason if error is not None else None,
@@ -133,6 +140,8 @@ def job_fact(body: Mapping[str, Any]) -> queue.JobFact | None:
         namespace=owner[0], name=meta.get("name", ""), owner=owner[1], uid=uid or "",
         gpu=labels.get(jobs_mod.GPU_LABEL) == "true",
         finished=status.job_finished(body) is not None,
+        slots=max(1, int((body.get("spec") or {}).get("parallelism") or 1)),
+        step=jobs_mod.step_of(dict(body)),
         body=jobs_mod.job_facts_body(body),
     )
 
@@ -166,6 +175,9 @@ class Controller:
         self.reconciling: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.deleting: set[Key] = set()
         self.job_seen: dict[Key, Any] = {}  # the Job state last written into the status, to skip no-ops
+        self.index_progress: dict[Key, dict[int, int]] = {}  # an Indexed render: index -> last percent
+        self.stitched: dict[Key, dict[str, Any]] = {}  # stitch Jobs this process made (the index may lag)
+        self.stitch_locks: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.cr_index: Any = None
         self.job_index: Any = None
         self.last_plan: queue.Plan | None = None
@@ -218,7 +230,7 @@ class Controller:
         return {
             "phases": dict(phases),
             "queued": len(plan.wait) if plan else 0,
-            "gpu_running": (plan.running + sum(1 for c in plan.start if c.gpu)) if plan else 0,
+            "gpu_running": (plan.running + sum(c.slots for c in plan.start if c.gpu)) if plan else 0,
             "budget": self.settings.gpu_budget,
             "calls": dict(self.kube.calls),
         }
@@ -373,8 +385,11 @@ class Controller:
             return
         name = ((body.get("status") or {}).get("jobName")
                 or jobs_mod.job_name(meta.get("name", ""), meta.get("uid", "")))
-        if await self.kube.delete_job(key[0], name):
-            log.info("deleted Job %s/%s of a deleted LipSyncJob", key[0], name)
+        stitch = ((body.get("status") or {}).get("stitchJobName")
+                  or jobs_mod.stitch_job_name(meta.get("name", ""), meta.get("uid", "")))
+        for job in (name, stitch):
+            if await self.kube.delete_job(key[0], job):
+                log.info("deleted Job %s/%s of a deleted LipSyncJob", key[0], job)
         self.dispatcher.forget(key)
         self.statuses.pop(key, None)
         self.job_seen.pop(key, None)
@@ -389,6 +404,9 @@ class Controller:
         self.reconciling.pop(key, None)
         self.statuses.pop(key, None)
         self.job_seen.pop(key, None)
+        self.index_progress.pop(key, None)
+        self.stitched.pop(key, None)
+        self.stitch_locks.pop(key, None)
         self.due.pop(key, None)
         self.failures.pop(key, None)
         self.create_after.pop(key, None)
@@ -430,6 +448,9 @@ class Controller:
             else:
                 await self.write(key, lambda c: c)  # an accepted edit (still waiting): the new generation seen
             return
+        if self._indexed(cand, cur, facts):
+            await self._reconcile_indexed(key, cand, cur, facts, gen, now)
+            return
         if facts:
             fact = next((f for f in facts if f.name == cur.get("jobName")), None) or \
                 next((f for f in facts if not f.finished), facts[-1])
@@ -458,6 +479,102 @@ class Controller:
         pods = jobs_mod.pods_of(await self.kube.list_pods(key[0], f"{jobs_mod.UID_LABEL}={cand.uid}"), cand.uid)
         await self.write(key, lambda s: status.from_job(s, job, pods, generation=gen, now=now, job_name=name))
         self.job_seen[key] = seen
+
+    # ------------------------------------------------------------------ spec.parallelism > 1
+    @staticmethod
+    def _indexed(cand: queue.Candidate, cur: Mapping[str, Any], facts: list[queue.JobFact]) -> bool:
+        """Whether this LipSyncJob renders as an Indexed Job plus a stitch Job (what exists first:
+        its Jobs, then its status, then its spec)."""
+        for f in facts:
+            if f.step == jobs_mod.STITCH or ((f.body or {}).get("spec") or {}).get("completionMode") == "Indexed":
+                return True
+        if facts:
+            return False
+        if cur.get("indices") or cur.get("stitchJobName"):
+            return True
+        return cand.job is not None and jobs_mod.parallelism(cand.job) > 1
+
+    async def _reconcile_indexed(self, key: Key, cand: queue.Candidate, cur: Mapping[str, Any],
+                                 facts: list[queue.JobFact], gen: int | None, now: str) -> None:
+        """The render Job (Indexed) → when Complete, create the stitch Job → its outcome.
+
+        The stitch Job is made from the render Job's own runner document (never from a spec
+        edited since), created once (a 409 adopts it after checking its owner).
+        """
+        render_name = cur.get("jobName") or jobs_mod.job_name(key[1], cand.uid)
+        stitch_name = cur.get("stitchJobName") or jobs_mod.stitch_job_name(key[1], cand.uid)
+        render = next((f.body for f in facts if f.step != jobs_mod.STITCH), None)
+        stitch = next((f.body for f in facts if f.step == jobs_mod.STITCH), None)
+        if render is None and stitch is None and key in self.dispatcher.started:
+            return  # created a moment ago; its watch event is on the way
+        full: dict[str, Any] | None = None
+        if render is None:  # the index may lag: ask before concluding
+            full = await self._own_job(key, cand.uid, render_name)
+            render = jobs_mod.job_facts_body(full) if full is not None else None
+        if stitch is None and (render is None or status.job_finished(render) == "Succeeded") \
+                and key not in self.stitched:
+            found = await self._own_job(key, cand.uid, stitch_name)
+            stitch = jobs_mod.job_facts_body(found) if found is not None else None
+        if stitch is None and render is not None and status.job_finished(render) == "Succeeded" \
+                and cur.get("phase") not in status.TERMINAL:
+            async with self.stitch_locks[key]:  # two reconciles at once: one POST
+                made = self.stitched.get(key)
+                if made is None:
+                    full = full or await self._own_job(key, cand.uid, render_name)
+                    if full is not None:
+                        made = self.stitched[key] = await self._create_stitch(key, cand.uid, full, stitch_name)
+            if made is not None:
+                stitch = jobs_mod.job_facts_body(made)
+        if render is None and stitch is None:
+            await self._without_job(key, cand, render_name, gen, now)
+            return
+        if stitch is None and render is not None and status.job_finished(render) == "Succeeded":
+            # The render Job was made by an older operator or is unreadable: the stitch cannot be
+            # made from it. Retried by the work queue.
+            raise RuntimeError(f"Job {render_name} is Complete but its stitch Job could not be made")
+        seen = (render_name, render, stitch)
+        if self.job_seen.get(key) == seen:
+            await self.write(key, lambda c: c)
+            return
+        total = int(((render or {}).get("spec") or {}).get("completions") or 0) \
+            or int((cur.get("indices") or {}).get("total") or 0) \
+            or (jobs_mod.parallelism(cand.job) if cand.job is not None else 1)
+        pods = jobs_mod.pods_of(await self.kube.list_pods(key[0], f"{jobs_mod.UID_LABEL}={cand.uid}"), cand.uid)
+        render_pods = [p for p in pods if jobs_mod.step_of(p) != jobs_mod.STITCH]
+        stitch_pods = [p for p in pods if jobs_mod.step_of(p) == jobs_mod.STITCH]
+        await self.write(key, lambda s: status.from_indexed(
+            s, render or {}, render_pods, total=total, generation=gen, now=now, render_name=render_name,
+            stitch=stitch, stitch_pods=stitch_pods, stitch_name=stitch_name if stitch is not None else None))
+        self.job_seen[key] = seen
+
+    async def _own_job(self, key: Key, uid: str, name: str) -> dict[str, Any] | None:
+        """The Job ``name`` if it exists and this LipSyncJob (uid) controls it."""
+        job = await self.kube.read_job(key[0], name)
+        if job is not None and jobs_mod.owner_of(job) == key and _controller_uid(job) == uid:
+            return job
+        return None
+
+    async def _create_stitch(self, key: Key, uid: str, render: dict[str, Any], name: str) -> dict[str, Any]:
+        """Create (or adopt) the stitch Job, from the render Job's runner document."""
+        doc = jobs_mod.runner_document_of(render)
+        if doc is None:
+            raise RuntimeError(f"Job {render['metadata']['name']} carries no LIPSYNC_JOB to stitch")
+        job = parse_job(doc, source=f"Job {render['metadata']['name']}")
+        manifest = jobs_mod.job_manifest(job, self.settings, step=jobs_mod.STITCH)
+        try:
+            made = await self.kube.create_job(key[0], manifest)
+            verb = "created"
+        except KubeError as e:
+            if e.status != 409:
+                raise
+            made = await self._own_job(key, uid, name)
+            verb = "adopted"
+            if made is None:
+                raise RuntimeError(f"Job {name} exists but is not this LipSyncJob's (yet)") from e
+        kopf.event(ref(key[0], key[1], uid), type="Normal",
+                   reason="StitchJobCreated" if verb == "created" else "StitchJobAdopted",
+                   message=f"every index rendered; {verb} Job {name} to join the chunks and publish")
+        return made
 
     async def _replace(self, cand: queue.Candidate, old: queue.JobFact, now: str) -> None:
         """A suspended Job that Kueue never admitted, for a spec since edited: the edit is taken.
@@ -584,11 +701,17 @@ class Controller:
                    message=f"{verb} Job {name}" + (" (GPU)" if c.gpu else ""))
         now = status.now_iso()
         body = jobs_mod.job_facts_body(job)
+        total = jobs_mod.parallelism(c.job)
+
+        def compute(s: dict[str, Any]) -> dict[str, Any]:
+            if total > 1:
+                return status.from_indexed(s, body, [], total=total, generation=c.generation, now=now,
+                                           render_name=name)
+            return status.from_job(s, body, [], generation=c.generation, now=now, job_name=name)
         try:
-            await self.write(c.key, lambda s: status.from_job(s, body, [], generation=c.generation, now=now,
-                                                               job_name=name))
+            await self.write(c.key, compute)
             if verb == "created":  # a new Job has no pods yet: the status is what it says
-                self.job_seen.setdefault(c.key, (name, body))
+                self.job_seen.setdefault(c.key, (name, body) if total <= 1 else (name, body, None))
         except Exception:
             # The Job exists; the status that says so is retried (a reconcile finds the Job).
             self.kick(c.key, BACKOFF_FIRST_S)
@@ -627,6 +750,13 @@ class Controller:
         if self.statuses.get(key, {}).get("phase") != "Running":
             return
         pods = jobs_mod.pods_of(await self.kube.list_pods(key[0], f"{jobs_mod.UID_LABEL}={uid}"), uid)
+        cur = self.statuses.get(key, {})
+        total = int((cur.get("indices") or {}).get("total") or 0)
+        if total > 1 and not cur.get("stitchJobName"):
+            await self._poll_indexed(key, total, [p for p in pods if jobs_mod.step_of(p) != jobs_mod.STITCH])
+            return
+        if cur.get("stitchJobName"):
+            pods = [p for p in pods if jobs_mod.step_of(p) == jobs_mod.STITCH]
         pod = status.running_pod(pods)
         if pod is None:
             return
@@ -636,6 +766,25 @@ class Controller:
         if found is None:
             return
         pct, stage = found
+        await self.write(key, lambda s: status.with_progress(s, pct, stage))
+
+    async def _poll_indexed(self, key: Key, total: int, pods: list[dict[str, Any]]) -> None:
+        """Progress of an Indexed render: each running index's last progress line, each done index
+        100 %, averaged (:func:`status.aggregate_progress`)."""
+        seen = self.index_progress.setdefault(key, {})
+        stage = None
+        for pod in pods:
+            k = jobs_mod.index_of(pod)
+            if k is None or status.running_pod([pod]) is None:
+                continue
+            text = await self.kube.read_pod_log(key[0], pod["metadata"]["name"], tail_lines=200,
+                                                container=jobs_mod.CONTAINER)
+            found = status.last_progress(text)
+            if found is not None:
+                seen[k] = max(seen.get(k, 0), found[0])
+                stage = found[1] or stage
+        done = status.indices_done({}, pods, total)
+        pct = status.aggregate_progress(total, done, seen)
         await self.write(key, lambda s: status.with_progress(s, pct, stage))
 
 
