@@ -130,10 +130,11 @@ def main() -> None:
         for name in names:
             cluster.create(CRS, lipsyncjob(name))
         t_posted = time.perf_counter() - t0
-        def settled() -> bool:  # statuses written, and kopf's own finalizer/annotation patches done
+        def settled() -> bool:  # statuses written, and kopf's own annotation patches done (no finalizer)
             objs = [o for o in cluster.list(CRS, NS) if o["metadata"]["name"].startswith("burst-")]
             ph = collections.Counter((o.get("status") or {}).get("phase") for o in objs)
-            kopf_done = all(o["metadata"].get("finalizers") and o["metadata"].get("annotations") for o in objs)
+            kopf_done = all((o["metadata"].get("annotations") or {}).get("lipsync.dev/last-handled-configuration")
+                            for o in objs)
             return ph["Queued"] == args.jobs - args.budget and ph["Pending"] == args.budget and kopf_done
         cluster.wait(settled, timeout=300, every=0.2, message="budget Pending, the rest Queued")
         t_all = time.perf_counter() - t0

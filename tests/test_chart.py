@@ -27,6 +27,7 @@ OPERATOR_ENV = {
     "LIPSYNC_HEALTH_PORT", "LIPSYNC_COMMAND_POLICY", "LIPSYNC_JOB_NAMESPACES",
     "LIPSYNC_RUNNER_EPHEMERAL_STORAGE", "LIPSYNC_SCRATCH_SIZE_LIMIT", "LIPSYNC_MAX_INPUT_BYTES",
     "LIPSYNC_MAX_WEIGHTS_BYTES", "LIPSYNC_DOWNLOAD_DEADLINE_SECONDS", "LIPSYNC_OUTPUT_PREFIX",
+    "LIPSYNC_LEASE_NAMESPACE", "LIPSYNC_LEASE_NAME",
 }
 
 CUSTOM_VALUES: dict[str, Any] = {
@@ -83,7 +84,7 @@ def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in operator_container(docs)["env"]}
+    return {e["name"]: e["value"] for e in operator_container(docs)["env"] if "value" in e}
 
 
 VALUE_SETS = {"defaults": {}, "custom": CUSTOM_VALUES}
@@ -245,6 +246,8 @@ def _rendered_roles(values: dict[str, Any] | None = None) -> dict[str, list[dict
     roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in by_kind(docs, "Role")}
     out: dict[str, list[dict[str, Any]]] = {}
     for binding in by_kind(docs, "RoleBinding"):
+        if binding["metadata"]["name"].endswith("-leader-election"):
+            continue  # the Lease's Role: test_two_replicas_elect_a_leader
         ns = binding["metadata"]["namespace"]
         assert binding["roleRef"]["kind"] == "Role"
         (subject,) = binding["subjects"]
@@ -385,6 +388,34 @@ def test_runner_pods_have_storage_limits_and_a_read_only_root():
     assert env["LIPSYNC_MAX_INPUT_BYTES"] == env["LIPSYNC_MAX_WEIGHTS_BYTES"] == str(20 * 1024**3)
     assert env["LIPSYNC_DOWNLOAD_DEADLINE_SECONDS"] == "600"
     assert env["TMPDIR"] == env["HOME"] == "/tmp"
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_two_replicas_elect_a_leader(replicas: int):
+    """replicas: 2 is supported: every replica gets the Lease settings and its own identity, and the
+    Lease's Role (only in the release namespace) grants exactly permissions.LEASE_RULES."""
+    from lipsync_operator.permissions import LEASE_RULES
+    from lipsync_operator.settings import Settings
+
+    docs = render({"operator": {"replicas": replicas}})
+    (deploy,) = by_kind(docs, "Deployment")
+    assert deploy["spec"]["replicas"] == replicas
+    env = env_of(docs)
+    settings = Settings.from_env(env)
+    assert settings.lease_namespace == NAMESPACE and settings.lease_name == deploy["metadata"]["name"]
+    (pod_name,) = [e for e in operator_container(docs)["env"] if e["name"] == "POD_NAME"]
+    assert pod_name["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    (role,) = roles
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == LEASE_RULES
+    (binding,) = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == role["metadata"]["name"]]
+    assert binding["subjects"][0]["name"] == deploy["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+def test_more_replicas_than_supported_are_refused():
+    with pytest.raises(Exception, match="replicas"):
+        render({"operator": {"replicas": 5}})
 
 
 def test_metrics_port_0_turns_metrics_off():

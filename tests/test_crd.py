@@ -12,7 +12,7 @@ import yaml
 from .k8s_helpers import ROOT, admit, have_cel, k8s_validate, structural_errors, yaml_docs
 from lipsync.crd import CRD_NAME, RULES, crd_manifest, crd_yaml, openapi_schema
 from lipsync.errors import InvalidSpec
-from lipsync.spec import KIND, ModelSpec, load_jobs, parse_job
+from lipsync.spec import KIND, FaceSpec, ModelSpec, load_jobs, parse_job
 
 CRD_FILES = [
     ROOT / "crds" / f"{CRD_NAME}.yaml",
@@ -88,7 +88,7 @@ def test_schema_keeps_descriptions_enums_defaults_and_bounds():
     assert "batchSize" in model["options"]["description"]  # kubectl explain lists the options
     crf = spec["properties"]["output"]["properties"]["crf"]
     assert (crf["minimum"], crf["maximum"], crf["default"]) == (0, 51, 18)
-    assert spec["properties"]["face"]["properties"]["detector"]["enum"] == ["haar", "haar-alt2"]
+    assert spec["properties"]["face"]["properties"]["detector"]["enum"] == ["haar", "haar-alt2", "yunet"]
     assert spec["required"] == ["video", "audio", "output"]
     status = SCHEMA["properties"]["status"]["properties"]
     assert status["artifacts"]["additionalProperties"] == {"type": "string"}
@@ -137,6 +137,23 @@ def test_cel_rules_agree_with_pydantic(name, weights, command):
         assert not py_ok
         return
     assert cel_ok == py_ok, f"{model}: CEL says {cel_ok}, pydantic says {py_ok}"
+
+
+@pytest.mark.parametrize("detector,weights", list(itertools.product([None, "haar", "yunet"], [None, "yunet.onnx"])))
+@_NEED_CEL
+def test_face_cel_rules_agree_with_pydantic(detector, weights):
+    from .k8s_helpers import cel_eval, prune_nulls_and_default
+
+    face = {k: v for k, v in {"detector": detector, "weights": weights}.items() if v is not None}
+    value = prune_nulls_and_default(face, SCHEMA["properties"]["spec"]["properties"]["face"])
+    cel_ok = all(cel_eval(r["rule"], {"self": value}) for r in RULES["FaceSpec"])
+    try:
+        FaceSpec.model_validate(face)
+        py_ok = True
+    except Exception:  # noqa: BLE001 - pydantic.ValidationError
+        py_ok = False
+    valid = (weights is not None) == (detector == "yunet")  # yunet needs weights; the cascades take none
+    assert cel_ok == valid and py_ok == valid
 
 
 @_NEED_CEL

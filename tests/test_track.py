@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
+import cv2
 import numpy as np
 import pytest
+from skimage import data
 
 from lipsync.sample import _place, astronaut, background
 from lipsync.spec import FaceSpec
-from lipsync.video.track import Box, _fill, build_track, jitter, scan
+from lipsync.video.track import Box, _fill, analysis_size, build_track, detect_faces, jitter, scan
 
 W, H = 480, 270
 
@@ -81,3 +85,202 @@ def test_gaps_are_interpolated_linearly_bridged_when_short_and_left_open_when_lo
     assert out[40] == b(60, 80) and out[41:] == [None] * 3
     # a shot that starts mid-clip reads only its own detections
     assert _fill(det, keys, 12, 35, bridge=12)[18] == b(20) and _fill(det, keys, 12, 35, bridge=12)[:18] == [None] * 18
+
+
+# --- real faces at 1080p, analysed as the render engine feeds them: grey, at analysis size ---------
+
+FW, FH = 1920, 1080
+FACE_IN_CROP = (116, 66, 95)  # the astronaut's face box (x, y, side) in sample.astronaut()'s 360 px wide crop
+
+
+def place_face(canvas: np.ndarray, face_side: float, cx: float, cy: float, img: np.ndarray | None = None) -> tuple[float, float]:
+    """Draws the astronaut so that her face box is ``face_side`` px wide, centred at (cx, cy) px."""
+    img = astronaut() if img is None else img
+    fx, fy, fs = FACE_IN_CROP
+    k = face_side / fs
+    h, w = canvas.shape[:2]
+    # sample._place centres the whole crop at a fraction of the frame; move it so the face lands at (cx, cy)
+    ccx, ccy = cx - (fx + fs / 2 - img.shape[1] / 2) * k, cy - (fy + fs / 2 - img.shape[0] / 2) * k
+    _place(canvas, img, ccx / w, ccy / h, 1.0, img.shape[1] * k)
+    return cx, cy
+
+
+def analysis(frame: np.ndarray) -> tuple[np.ndarray, float]:
+    (w, h), scale = analysis_size(frame.shape[1], frame.shape[0])
+    return cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), (w, h), interpolation=cv2.INTER_AREA), scale
+
+
+def tile(texture: np.ndarray) -> np.ndarray:
+    reps = (FH // texture.shape[0] + 1, FW // texture.shape[1] + 1)
+    return np.ascontiguousarray(np.dstack([np.tile(texture, reps)[:FH, :FW]] * 3))
+
+
+def test_a_face_4_percent_of_1080p_is_found_in_every_frame():
+    side = 0.04 * FW  # 77 px: Haar on a 640 px copy never found it
+    bg, centres, clip = background(FW, FH), [], []
+    for i in range(12):
+        f = bg.copy()
+        centres.append(place_face(f, side, 700 + 9 * i, 600 - 4 * i))
+        clip.append(analysis(f)[0])
+    scale = analysis(bg)[1]
+    sc = scan(iter(clip), scale, FaceSpec(detect_every=1))
+    assert sc.detector_calls == 12
+    for i, (cx, cy) in enumerate(centres):
+        got = sc.detections[i]
+        assert got is not None, f"frame {i}"
+        assert abs(got.cx - cx) < 0.2 * side and abs(got.cy - cy) < 0.2 * side and 0.7 < got.w / side < 1.4
+
+
+@pytest.mark.parametrize("name", ["sample-7", "sample-3", "brick", "gravel"])
+def test_no_face_is_drawn_on_a_textured_background_and_the_real_one_is_found(name):
+    bg = background(FW, FH, int(name[7:])) if name.startswith("sample") else tile(getattr(data, name)())
+    small, scale = analysis(bg)
+    assert detect_faces(small, scale) == []
+    side = 0.1 * FW
+    cx, cy = place_face(bg, side, 1300, 520)
+    small, scale = analysis(bg)
+    (got,) = detect_faces(small, scale)  # the real face, and nothing in the texture
+    assert abs(got.cx - cx) < 0.15 * side and abs(got.cy - cy) < 0.15 * side
+
+
+def test_grey_and_bgr_analysis_frames_give_the_same_track():
+    layout = [(0.4 + 0.005 * i, 0.5) for i in range(15)]
+    bgr = frames(layout)
+    a = build_track(scan(iter(bgr), 1.0, FaceSpec()), fps=25, padding=0.25, every=5)
+    b = build_track(scan((cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in bgr), 1.0, FaceSpec()), fps=25, padding=0.25, every=5)
+    assert a == b and all(t is not None for t in a)
+
+
+# --- who is followed: the selected person, across gaps and cuts ----------------------------------
+
+SW, SH = 854, 480
+
+
+def listener_face(index: int = 2, side: int = 84) -> np.ndarray:
+    """Another real person: a face from scikit-image's LFW sample, grey, ``side`` px square."""
+    img = cv2.resize((data.lfw_subset()[index] * 255).astype(np.uint8), (side, side), interpolation=cv2.INTER_CUBIC)
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+
+
+def two_people(speaker_x: float | None, seed: int = 7, listener: bool = True) -> np.ndarray:
+    f = background(SW, SH, seed)
+    if speaker_x is not None:  # the speaker: the astronaut, 42 % of the width
+        _place(f, astronaut(), speaker_x, 0.5, 1.0, 0.42 * SW)
+    if listener:  # the listener, on the right, a smaller face than the speaker's (94 px)
+        f[200:284, 620:704] = listener_face()
+    return f
+
+
+def test_the_speaker_is_reacquired_after_a_one_second_exit_and_the_listener_never_synced():
+    # 25 fps: the speaker in view for 30 frames, slides out left, is gone for a second, comes back
+    xs: list[float | None] = [0.27] * 30 + [0.27 - 0.1 * k for k in range(1, 6)] + [None] * 25 + [0.27] * 40
+    clip = [two_people(x) for x in xs]
+    sc = scan(iter(clip), 1.0, FaceSpec(select="largest", detect_every=5))
+    track = build_track(sc, fps=25, padding=0.25, every=5)
+    centres = [None if t is None else t.x + t.size / 2 for t in track]
+    assert all(c is None or c < SW / 2 for c in centres), "the listener (right) was synced"
+    assert all(c is not None for c in centres[:30]) and all(c is not None for c in centres[62:])  # back on the speaker
+    assert all(c is None for c in centres[38:60])  # gone: untouched, though the listener is in view
+
+
+def test_a_shot_with_only_another_person_is_left_untouched():
+    shots = [two_people(0.27, seed=7, listener=False)] * 15 + [two_people(None, seed=99)] * 15 + [two_people(0.3, seed=5)] * 15
+    sc = scan(iter(shots), 1.0, FaceSpec(select="largest", detect_every=5))
+    assert sc.cuts == [0, 15, 30]
+    track = build_track(sc, fps=25, padding=0.25, every=5)
+    assert all(t is not None for t in track[:15])
+    assert track[15:30] == [None] * 15  # only the listener here: not the selected person
+    assert all(t is not None and t.x + t.size / 2 < SW / 2 for t in track[30:])  # the speaker, found by appearance
+
+
+def test_select_index_picks_by_position_then_follows_that_person():
+    clip = [two_people(0.27)] * 10 + [two_people(None)] * 10 + [two_people(0.27)] * 10
+    track = build_track(scan(iter(clip), 1.0, FaceSpec(select="index", index=1, detect_every=5)), fps=25, padding=0.25, every=5)
+    assert all(t is not None and t.x + t.size / 2 > SW / 2 for t in track)  # the listener (second from the left), throughout
+
+
+# --- the mouth: landmarks carried per frame ------------------------------------------------------
+
+MOUTH_IN_CROP = (165, 146)  # the astronaut's mouth centre in sample.astronaut()'s crop (read off the photo)
+
+
+def mouth_clip(path: list[tuple[float, float, float]], w: int = 960, h: int = 540) -> tuple[list[np.ndarray], list[tuple[float, float]]]:
+    """Frames with the astronaut's face box ``side`` px wide centred at (cx, cy), and where her mouth is."""
+    bg, out, mouths = background(w, h), [], []
+    fx, fy, fs = FACE_IN_CROP
+    for cx, cy, side in path:
+        f = bg.copy()
+        place_face(f, side, cx, cy)
+        k = side / fs
+        mouths.append((cx + (MOUTH_IN_CROP[0] - (fx + fs / 2)) * k, cy + (MOUTH_IN_CROP[1] - (fy + fs / 2)) * k))
+        out.append(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY))
+    return out, mouths
+
+
+def mouth_errors(path: list[tuple[float, float, float]]) -> list[float]:
+    clip, truth = mouth_clip(path)
+    track = build_track(scan(iter(clip), 1.0, FaceSpec(detect_every=5)), fps=25, padding=0.25, every=5)
+    errs = []
+    for t, (mx, my), (_, _, side) in zip(track, truth, path):
+        assert t is not None and t.mouth is not None
+        errs.append(float(np.hypot(t.mouth[0] - mx, t.mouth[1] - my) / side))
+    return errs
+
+
+def test_the_mouth_follows_a_sudden_move():
+    # still for 12 frames, then 10 px a frame to the right: the move starts between two detections
+    path = [(400.0 + 10 * max(0, i - 12), 260.0, 120.0) for i in range(30)]
+    errs = mouth_errors(path)
+    assert max(errs) < 0.05, [round(e, 3) for e in errs]
+
+
+def test_the_mouth_follows_a_zoom_out():
+    path = [(480.0, 260.0, 160.0 - 3 * i) for i in range(30)]  # the face shrinks from 160 to 73 px
+    errs = mouth_errors(path)
+    assert max(errs) < 0.05, [round(e, 3) for e in errs]
+
+
+def test_lipsync_track_writes_the_track_as_json(tmp_path):
+    from .media import clip, run_cli
+
+    video = clip(tmp_path / "face.mp4", seconds=1.0)
+    out = tmp_path / "track.json"
+    drawn = tmp_path / "track.mp4"
+    proc = run_cli("track", str(video), "--json", str(out), "--overlay", str(drawn))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    # the overlay: the same frames, the crop box drawn in green where the JSON says it is
+    from .media import frames
+
+    pics = frames(drawn)
+    assert len(pics) == 25
+    x, y, size = doc["frames"][12]["box"]
+    edge = pics[12][y + size // 4: y + 3 * size // 4, x + 1].astype(int)  # the box's left side
+    assert (edge[:, 1] > 200).all() and (edge[:, 0] < 80).all() and (edge[:, 2] < 80).all()
+    assert not (tmp_path / "track.mp4.tmp.mp4").exists()
+    assert doc["frames_total"] == len(doc["frames"]) == 25 and doc["cuts"] == [0] and "25 of 25 frames" in proc.stdout
+    for f in doc["frames"]:
+        x, y, size = f["box"]
+        (rx, ry), (lx, ly) = f["landmarks"]  # haar: the eyes
+        mx, my = f["mouth"]
+        assert x < rx < lx < x + size and y < ry < my < y + size and ry < my  # eyes, then the mouth below, inside the crop
+    assert doc["detections"]["0"] is not None and doc["face"]["detector"] == "haar"
+
+
+def test_lipsync_track_refuses_bad_input_clearly(tmp_path):
+    from .media import run_cli
+
+    proc = run_cli("track", str(tmp_path / "missing.mp4"))
+    assert proc.returncode == 11 and "missing.mp4" in proc.stderr
+    proc = run_cli("track", str(tmp_path / "missing.mp4"), "--detector", "yunet")
+    assert proc.returncode == 10 and "needs spec.face.weights" in proc.stderr
+
+
+def test_a_still_faceless_shot_is_searched_once_and_a_face_entering_it_is_still_found_at_once():
+    layout = [None] * 33 + [(0.5, 0.5)] * 12  # a still empty room, then the face appears at 33
+    sc = scan(iter(frames(layout)), 1.0, FaceSpec(detect_every=5))
+    # frame 0; then not until the picture changed (35), and once looking back for the entry (31; 32 is
+    # unchanged from 31, 33 and 34 are found near the face): 9 keyframes, 3 whole-frame searches
+    assert sc.searches == 3
+    track = build_track(sc, fps=25, padding=0.25, every=5)
+    assert [t is not None for t in track] == [p is not None for p in layout]

@@ -9,7 +9,7 @@ JSON merge patch of the changed keys through the status subresource. So the Job 
 progress poller and the dispatcher cannot overwrite each other's newer facts, and a write that
 changes nothing costs no API call.
 
-Progress: while a LipSyncJob is Running, a kopf daemon polls every ``LIPSYNC_PROGRESS_INTERVAL``
+Progress: while a LipSyncJob is Running, the work loop polls every ``LIPSYNC_PROGRESS_INTERVAL``
 seconds (default 5): it lists the Job's pods, tails the running pod's log (``tailLines=200``) and
 takes the last ``{"event": "progress", ...}`` line. Polling the log was chosen over the runner
 patching its own status (the runner never talks to Kubernetes and needs no RBAC), over pod
@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import kopf
 
 from lipsync import policy
-from lipsync.errors import LipSyncError
+from lipsync.errors import LipSyncError, NotAllowed
 from lipsync.spec import API_VERSION, KIND, LipSyncJob, parse_job
 
 from . import jobs as jobs_mod
@@ -60,6 +60,12 @@ def check(body: Mapping[str, Any], settings: Settings | None = None) -> tuple[Li
         if settings is not None:
             namespace = meta.get("namespace") or ""
             policy.check(job.spec, settings.cluster_policy(namespace), namespace=namespace)
+            slots = jobs_mod.gpu_slots(job)
+            if not settings.kueue_queue and slots > settings.gpu_budget:
+                raise NotAllowed(
+                    f"spec.parallelism {slots}: each pod of a GPU model takes one GPU of this operator's budget, "
+                    f"which is {settings.gpu_budget} (LIPSYNC_GPU_BUDGET); the render could never start. "
+                    f"Lower spec.parallelism to at most {settings.gpu_budget}")
         return job, None
     except LipSyncError as e:
         return None, e
@@ -106,6 +112,7 @@ def candidate(body: Mapping[str, Any], settings: Settings | None = None) -> queu
         uid=meta.get("uid") or "",
         created=meta.get("creationTimestamp") or "",
         gpu=bool(job and jobs_mod.needs_gpu(job)),
+        slots=max(1, jobs_mod.gpu_slots(job)) if job is not None else 1,
         valid=job is not None,
         error=error.message if error is not None else None,
         error_reason=error.reason if error is not None else None,
@@ -133,6 +140,8 @@ def job_fact(body: Mapping[str, Any]) -> queue.JobFact | None:
         namespace=owner[0], name=meta.get("name", ""), owner=owner[1], uid=uid or "",
         gpu=labels.get(jobs_mod.GPU_LABEL) == "true",
         finished=status.job_finished(body) is not None,
+        slots=max(1, int((body.get("spec") or {}).get("parallelism") or 1)),
+        step=jobs_mod.step_of(dict(body)),
         body=jobs_mod.job_facts_body(body),
     )
 
@@ -163,8 +172,12 @@ class Controller:
         self.statuses: dict[Key, dict[str, Any]] = {}
         self.uids: dict[Key, str] = {}
         self.locks: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self.reconciling: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.deleting: set[Key] = set()
         self.job_seen: dict[Key, Any] = {}  # the Job state last written into the status, to skip no-ops
+        self.index_progress: dict[Key, dict[int, int]] = {}  # an Indexed render: index -> last percent
+        self.stitched: dict[Key, dict[str, Any]] = {}  # stitch Jobs this process made (the index may lag)
+        self.stitch_locks: collections.defaultdict[Key, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.cr_index: Any = None
         self.job_index: Any = None
         self.last_plan: queue.Plan | None = None
@@ -173,7 +186,12 @@ class Controller:
         # The work queue: key -> when (loop time) it is due; failures per key for the backoff.
         self.due: dict[Key, float] = {}
         self.failures: collections.Counter[Key] = collections.Counter()
+        self.create_after: dict[Key, float] = {}  # loop time before which a failed create is not retried
         self._wake = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []  # the work loop and the progress poller, started once
+        # Set while this replica may act (always, without leader election; see leader.py).
+        self.leading = asyncio.Event()
+        self.leading.set()
 
     # ------------------------------------------------------------------ state
     def remember(self, body: Mapping[str, Any]) -> Key:
@@ -212,7 +230,7 @@ class Controller:
         return {
             "phases": dict(phases),
             "queued": len(plan.wait) if plan else 0,
-            "gpu_running": (plan.running + sum(1 for c in plan.start if c.gpu)) if plan else 0,
+            "gpu_running": (plan.running + sum(c.slots for c in plan.start if c.gpu)) if plan else 0,
             "budget": self.settings.gpu_budget,
             "calls": dict(self.kube.calls),
         }
@@ -226,12 +244,17 @@ class Controller:
         self._wake.set()
 
     async def attempt(self, key: Key) -> bool:
-        """One reconcile (or dispatch) of ``key``; on any failure it is queued again with backoff."""
+        """One reconcile (or dispatch) of ``key``; on any failure it is queued again with backoff.
+
+        A replica that is not the leader does nothing (the leader's resync covers everything)."""
+        if not self.leading.is_set():
+            return True
         try:
             if key == DISPATCH:
                 await self.dispatch()
             else:
-                await self.reconcile(key)
+                async with self.reconciling[key]:  # one at a time per object: no duplicate reads
+                    await self.reconcile(key)
         except Exception as e:  # an API fault delays the truth; the queue tries again
             n = self.failures[key] = self.failures[key] + 1
             delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** (n - 1)) * random.uniform(0.5, 1.0)
@@ -258,12 +281,24 @@ class Controller:
                 await self.attempt(key)
 
         while True:
+            if not self.leading.is_set():
+                await self.leading.wait()
+                # A new leader starts from what the indexes show now (its cache may be older than
+                # the last leader's writes) with a full resync.
+                self.statuses.clear()
+                self.uids.clear()
+                self.job_seen.clear()
+                next_resync = loop.time()
             now = loop.time()
             if self.cr_index is not None and now >= next_resync:
                 next_resync = now + self.settings.resync_seconds
                 for c in self._candidates():
                     if not c.finished and not c.deleting:
                         self.due.setdefault(c.key, now)
+                live = {(c.key, c.uid) for c in self._candidates()}
+                for j in self._job_facts():
+                    if (j.key, j.uid) not in live:  # a Job whose LipSyncJob is gone
+                        self.due.setdefault(j.key, now)
                 self.due.setdefault(DISPATCH, now)
             ready = [k for k, t in self.due.items() if t <= now] if self.cr_index is not None else []
             for k in ready:
@@ -346,10 +381,15 @@ class Controller:
         meta = body.get("metadata") or {}
         key = (meta.get("namespace"), meta.get("name"))
         self.deleting.add(key)
+        if not self.leading.is_set():
+            return
         name = ((body.get("status") or {}).get("jobName")
                 or jobs_mod.job_name(meta.get("name", ""), meta.get("uid", "")))
-        if await self.kube.delete_job(key[0], name):
-            log.info("deleted Job %s/%s of a deleted LipSyncJob", key[0], name)
+        stitch = ((body.get("status") or {}).get("stitchJobName")
+                  or jobs_mod.stitch_job_name(meta.get("name", ""), meta.get("uid", "")))
+        for job in (name, stitch):
+            if await self.kube.delete_job(key[0], job):
+                log.info("deleted Job %s/%s of a deleted LipSyncJob", key[0], job)
         self.dispatcher.forget(key)
         self.statuses.pop(key, None)
         self.job_seen.pop(key, None)
@@ -361,10 +401,15 @@ class Controller:
         forget_arrival(self.uids.get(key))
         self.uids.pop(key, None)
         self.locks.pop(key, None)
+        self.reconciling.pop(key, None)
         self.statuses.pop(key, None)
         self.job_seen.pop(key, None)
+        self.index_progress.pop(key, None)
+        self.stitched.pop(key, None)
+        self.stitch_locks.pop(key, None)
         self.due.pop(key, None)
         self.failures.pop(key, None)
+        self.create_after.pop(key, None)
 
     # ------------------------------------------------------------------ reconcile
     async def reconcile(self, key: Key) -> None:
@@ -379,6 +424,12 @@ class Controller:
         * otherwise it waits for the dispatcher (queue).
         """
         cand = self._candidate(key)
+        for f in (self.job_index or {}).get(key) or []:
+            if cand is None or f.uid != cand.uid:
+                # Its LipSyncJob is gone (deleted at once: there is no finalizer) or was re-created:
+                # the garbage collector would remove the Job too; the operator does not wait for it.
+                if await self.kube.delete_job(key[0], f.name):
+                    log.info("deleted Job %s/%s: its LipSyncJob is gone", key[0], f.name)
         if cand is None or cand.deleting or key in self.deleting:
             return
         self._seed(key, cand.uid, cand.status or {})
@@ -397,8 +448,19 @@ class Controller:
             else:
                 await self.write(key, lambda c: c)  # an accepted edit (still waiting): the new generation seen
             return
+        if self._indexed(cand, cur, facts):
+            await self._reconcile_indexed(key, cand, cur, facts, gen, now)
+            return
         if facts:
-            fact = next((f for f in facts if not f.finished), facts[-1])
+            fact = next((f for f in facts if f.name == cur.get("jobName")), None) or \
+                next((f for f in facts if not f.finished), facts[-1])
+            for other in facts:
+                if other is not fact and _unadmitted(other):  # left over from an interrupted replacement
+                    await self.kube.delete_job(key[0], other.name)
+            if self.settings.kueue_queue and _unadmitted(fact) and cand.job is not None \
+                    and cand.digest != fact.body.get("specDigest"):
+                await self._replace(cand, fact, now)  # an edit while only queued in Kueue: taken
+                return
             job, name = fact.body, fact.name
         else:
             if key in self.dispatcher.started:
@@ -417,6 +479,128 @@ class Controller:
         pods = jobs_mod.pods_of(await self.kube.list_pods(key[0], f"{jobs_mod.UID_LABEL}={cand.uid}"), cand.uid)
         await self.write(key, lambda s: status.from_job(s, job, pods, generation=gen, now=now, job_name=name))
         self.job_seen[key] = seen
+
+    # ------------------------------------------------------------------ spec.parallelism > 1
+    @staticmethod
+    def _indexed(cand: queue.Candidate, cur: Mapping[str, Any], facts: list[queue.JobFact]) -> bool:
+        """Whether this LipSyncJob renders as an Indexed Job plus a stitch Job (what exists first:
+        its Jobs, then its status, then its spec)."""
+        for f in facts:
+            if f.step == jobs_mod.STITCH or ((f.body or {}).get("spec") or {}).get("completionMode") == "Indexed":
+                return True
+        if facts:
+            return False
+        if cur.get("indices") or cur.get("stitchJobName"):
+            return True
+        return cand.job is not None and jobs_mod.parallelism(cand.job) > 1
+
+    async def _reconcile_indexed(self, key: Key, cand: queue.Candidate, cur: Mapping[str, Any],
+                                 facts: list[queue.JobFact], gen: int | None, now: str) -> None:
+        """The render Job (Indexed) → when Complete, create the stitch Job → its outcome.
+
+        The stitch Job is made from the render Job's own runner document (never from a spec
+        edited since), created once (a 409 adopts it after checking its owner).
+        """
+        render_name = cur.get("jobName") or jobs_mod.job_name(key[1], cand.uid)
+        stitch_name = cur.get("stitchJobName") or jobs_mod.stitch_job_name(key[1], cand.uid)
+        render = next((f.body for f in facts if f.step != jobs_mod.STITCH), None)
+        stitch = next((f.body for f in facts if f.step == jobs_mod.STITCH), None)
+        if render is None and stitch is None and key in self.dispatcher.started:
+            return  # created a moment ago; its watch event is on the way
+        full: dict[str, Any] | None = None
+        if render is None:  # the index may lag: ask before concluding
+            full = await self._own_job(key, cand.uid, render_name)
+            render = jobs_mod.job_facts_body(full) if full is not None else None
+        if stitch is None and (render is None or status.job_finished(render) == "Succeeded") \
+                and key not in self.stitched:
+            found = await self._own_job(key, cand.uid, stitch_name)
+            stitch = jobs_mod.job_facts_body(found) if found is not None else None
+        if stitch is None and render is not None and status.job_finished(render) == "Succeeded" \
+                and cur.get("phase") not in status.TERMINAL:
+            async with self.stitch_locks[key]:  # two reconciles at once: one POST
+                made = self.stitched.get(key)
+                if made is None:
+                    full = full or await self._own_job(key, cand.uid, render_name)
+                    if full is not None:
+                        made = self.stitched[key] = await self._create_stitch(key, cand.uid, full, stitch_name)
+            if made is not None:
+                stitch = jobs_mod.job_facts_body(made)
+        if render is None and stitch is None:
+            await self._without_job(key, cand, render_name, gen, now)
+            return
+        if stitch is None and render is not None and status.job_finished(render) == "Succeeded":
+            # The render Job was made by an older operator or is unreadable: the stitch cannot be
+            # made from it. Retried by the work queue.
+            raise RuntimeError(f"Job {render_name} is Complete but its stitch Job could not be made")
+        seen = (render_name, render, stitch)
+        if self.job_seen.get(key) == seen:
+            await self.write(key, lambda c: c)
+            return
+        total = int(((render or {}).get("spec") or {}).get("completions") or 0) \
+            or int((cur.get("indices") or {}).get("total") or 0) \
+            or (jobs_mod.parallelism(cand.job) if cand.job is not None else 1)
+        pods = jobs_mod.pods_of(await self.kube.list_pods(key[0], f"{jobs_mod.UID_LABEL}={cand.uid}"), cand.uid)
+        render_pods = [p for p in pods if jobs_mod.step_of(p) != jobs_mod.STITCH]
+        stitch_pods = [p for p in pods if jobs_mod.step_of(p) == jobs_mod.STITCH]
+        await self.write(key, lambda s: status.from_indexed(
+            s, render or {}, render_pods, total=total, generation=gen, now=now, render_name=render_name,
+            stitch=stitch, stitch_pods=stitch_pods, stitch_name=stitch_name if stitch is not None else None))
+        self.job_seen[key] = seen
+
+    async def _own_job(self, key: Key, uid: str, name: str) -> dict[str, Any] | None:
+        """The Job ``name`` if it exists and this LipSyncJob (uid) controls it."""
+        job = await self.kube.read_job(key[0], name)
+        if job is not None and jobs_mod.owner_of(job) == key and _controller_uid(job) == uid:
+            return job
+        return None
+
+    async def _create_stitch(self, key: Key, uid: str, render: dict[str, Any], name: str) -> dict[str, Any]:
+        """Create (or adopt) the stitch Job, from the render Job's runner document."""
+        doc = jobs_mod.runner_document_of(render)
+        if doc is None:
+            raise RuntimeError(f"Job {render['metadata']['name']} carries no LIPSYNC_JOB to stitch")
+        job = parse_job(doc, source=f"Job {render['metadata']['name']}")
+        manifest = jobs_mod.job_manifest(job, self.settings, step=jobs_mod.STITCH)
+        try:
+            made = await self.kube.create_job(key[0], manifest)
+            verb = "created"
+        except KubeError as e:
+            if e.status != 409:
+                raise
+            made = await self._own_job(key, uid, name)
+            verb = "adopted"
+            if made is None:
+                raise RuntimeError(f"Job {name} exists but is not this LipSyncJob's (yet)") from e
+        kopf.event(ref(key[0], key[1], uid), type="Normal",
+                   reason="StitchJobCreated" if verb == "created" else "StitchJobAdopted",
+                   message=f"every index rendered; {verb} Job {name} to join the chunks and publish")
+        return made
+
+    async def _replace(self, cand: queue.Candidate, old: queue.JobFact, now: str) -> None:
+        """A suspended Job that Kueue never admitted, for a spec since edited: the edit is taken.
+
+        The Job of the new spec (its name carries the generation) is created first, the status
+        then names it, and only then is the old Job deleted, so that no step leaves the
+        LipSyncJob without a Job its status names.
+        """
+        assert cand.job is not None
+        manifest = jobs_mod.job_manifest(cand.job, self.settings, generation=cand.generation)
+        name = manifest["metadata"]["name"]
+        try:
+            job = await self.kube.create_job(cand.namespace, manifest)
+        except KubeError as e:
+            if e.status != 409:
+                raise
+            job = await self.kube.read_job(cand.namespace, name)
+            if job is None or _controller_uid(job) != cand.uid:
+                raise RuntimeError(f"Job {name} exists but is not this LipSyncJob's (yet)") from None
+        body = jobs_mod.job_facts_body(job)
+        await self.write(cand.key, lambda s: status.from_job(
+            s, body, [], generation=cand.generation, now=now, job_name=name))
+        self.job_seen.pop(cand.key, None)
+        await self.kube.delete_job(cand.namespace, old.name)
+        kopf.event(ref(cand.namespace, cand.name, cand.uid), type="Normal", reason="JobReplaced",
+                   message=f"spec edited while queued in Kueue: Job {name} replaces {old.name}")
 
     async def _without_job(self, key: Key, cand: queue.Candidate, name: str, gen: int | None, now: str) -> None:
         """The Job is gone and no event said how it ended: the published output, else JobDeleted."""
@@ -439,15 +623,20 @@ class Controller:
         async with self.dispatcher.lock:
             jobs = self._job_facts()
             self.dispatcher.seen(jobs)
+            now_t = asyncio.get_running_loop().time()
             cands = [c for c in self._candidates() if c.key not in self.deleting
                      and self.statuses.get(c.key, {}).get("phase") not in status.TERMINAL
-                     and not self.statuses.get(c.key, {}).get("jobName")]
+                     and not self.statuses.get(c.key, {}).get("jobName")
+                     and self.create_after.get(c.key, 0.0) <= now_t]  # a failed create backs off
             plan = queue.plan(cands, jobs, budget=self.settings.gpu_budget,
                               in_flight=self.dispatcher.started.values(),
                               kueue=bool(self.settings.kueue_queue))
             for c in plan.start:
                 self.dispatcher.started[c.key] = c
             self.last_plan = plan
+            waits = [t for t in self.create_after.values() if t > now_t]
+            if waits:  # come back when the first backoff ends
+                self.kick(DISPATCH, min(waits) - now_t)
         if plan.start:
             await asyncio.gather(*(self._start(c) for c in plan.start))
         now = status.now_iso()
@@ -488,6 +677,7 @@ class Controller:
             n = self.failures[c.key] = self.failures[c.key] + 1
             delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** n)
             log.warning("could not start %s/%s: %s (retried in %.1f s)", c.namespace, c.name, why, delay)
+            self.create_after[c.key] = asyncio.get_running_loop().time() + delay
             self.kick(DISPATCH, delay)
             now = status.now_iso()
             try:
@@ -502,6 +692,7 @@ class Controller:
                            message=f"could not create Job {name}: {why}")
             return
         self.failures.pop(c.key, None)
+        self.create_after.pop(c.key, None)
         waited = seconds_between(c.created, status.now_iso())
         if waited is not None and verb == "created":
             self.metrics.wait.observe(waited)
@@ -510,9 +701,17 @@ class Controller:
                    message=f"{verb} Job {name}" + (" (GPU)" if c.gpu else ""))
         now = status.now_iso()
         body = jobs_mod.job_facts_body(job)
+        total = jobs_mod.parallelism(c.job)
+
+        def compute(s: dict[str, Any]) -> dict[str, Any]:
+            if total > 1:
+                return status.from_indexed(s, body, [], total=total, generation=c.generation, now=now,
+                                           render_name=name)
+            return status.from_job(s, body, [], generation=c.generation, now=now, job_name=name)
         try:
-            await self.write(c.key, lambda s: status.from_job(s, body, [], generation=c.generation, now=now,
-                                                               job_name=name))
+            await self.write(c.key, compute)
+            if verb == "created":  # a new Job has no pods yet: the status is what it says
+                self.job_seen.setdefault(c.key, (name, body) if total <= 1 else (name, body, None))
         except Exception:
             # The Job exists; the status that says so is retried (a reconcile finds the Job).
             self.kick(c.key, BACKOFF_FIRST_S)
@@ -527,11 +726,37 @@ class Controller:
         await self.attempt(fact.key)
 
     # ------------------------------------------------------------------ progress
+    async def poll_forever(self) -> None:
+        """Every ``LIPSYNC_PROGRESS_INTERVAL`` s, one progress poll of each Running LipSyncJob."""
+        slots = asyncio.Semaphore(8)
+
+        async def one(key: Key, uid: str) -> None:
+            async with slots:
+                try:
+                    await self.poll_progress(key, uid)
+                except Exception as e:  # a failed poll is not a failed render: next round
+                    log.warning("progress poll of %s/%s failed: %s", *key, e)
+
+        while True:
+            await asyncio.sleep(self.settings.progress_interval)
+            if not self.leading.is_set():
+                continue
+            running = [(k, self.uids.get(k) or "") for k, st in list(self.statuses.items())
+                       if st.get("phase") == "Running" and k not in self.deleting]
+            await asyncio.gather(*(one(k, uid) for k, uid in running))
+
     async def poll_progress(self, key: Key, uid: str) -> None:
         """One progress poll of a Running LipSyncJob (see the module docstring)."""
         if self.statuses.get(key, {}).get("phase") != "Running":
             return
         pods = jobs_mod.pods_of(await self.kube.list_pods(key[0], f"{jobs_mod.UID_LABEL}={uid}"), uid)
+        cur = self.statuses.get(key, {})
+        total = int((cur.get("indices") or {}).get("total") or 0)
+        if total > 1 and not cur.get("stitchJobName"):
+            await self._poll_indexed(key, total, [p for p in pods if jobs_mod.step_of(p) != jobs_mod.STITCH])
+            return
+        if cur.get("stitchJobName"):
+            pods = [p for p in pods if jobs_mod.step_of(p) == jobs_mod.STITCH]
         pod = status.running_pod(pods)
         if pod is None:
             return
@@ -542,6 +767,32 @@ class Controller:
             return
         pct, stage = found
         await self.write(key, lambda s: status.with_progress(s, pct, stage))
+
+    async def _poll_indexed(self, key: Key, total: int, pods: list[dict[str, Any]]) -> None:
+        """Progress of an Indexed render: each running index's last progress line, each done index
+        100 %, averaged (:func:`status.aggregate_progress`)."""
+        seen = self.index_progress.setdefault(key, {})
+        stage = None
+        for pod in pods:
+            k = jobs_mod.index_of(pod)
+            if k is None or status.running_pod([pod]) is None:
+                continue
+            text = await self.kube.read_pod_log(key[0], pod["metadata"]["name"], tail_lines=200,
+                                                container=jobs_mod.CONTAINER)
+            found = status.last_progress(text)
+            if found is not None:
+                seen[k] = max(seen.get(k, 0), found[0])
+                stage = found[1] or stage
+        done = status.indices_done({}, pods, total)
+        pct = status.aggregate_progress(total, done, seen)
+        await self.write(key, lambda s: status.with_progress(s, pct, stage))
+
+
+def _unadmitted(fact: queue.JobFact) -> bool:
+    """A suspended Job that never started (Kueue has not admitted it)."""
+    body = fact.body or {}
+    return bool((body.get("spec") or {}).get("suspend")) and not (body.get("status") or {}).get("startTime") \
+        and not fact.finished
 
 
 def _controller_uid(job: Mapping[str, Any]) -> str:

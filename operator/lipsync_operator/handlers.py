@@ -10,8 +10,8 @@ login                               the same credentials as the operator's own c
 LipSyncJob index / Job index        what the queue sees (filled before any handler runs)
 LipSyncJob created / resumed        reconcile (invalid → Failed, no Job); dispatch
 LipSyncJob spec edited              accepted while nothing runs; refused once a Job exists
-LipSyncJob deleted (finalizer)      delete its Job (Background propagation); dispatch
-LipSyncJob Running (daemon)         poll progress every LIPSYNC_PROGRESS_INTERVAL seconds
+LipSyncJob deleted (no finalizer)   delete its Job (Background propagation); dispatch
+(work loop)                         poll Running jobs' progress every LIPSYNC_PROGRESS_INTERVAL s
 Job of ours changed / deleted       reconcile its LipSyncJob (retried on failure); dispatch
 =================================== ========================================================
 
@@ -31,6 +31,7 @@ from lipsync.spec import API_GROUP, API_VERSION, PLURAL
 from . import jobs
 from .controller import ARRIVAL_ANNOTATION, DISPATCH, Controller, arrival, candidate, job_fact
 from .kube import Kube, connection_info
+from .leader import Elector
 from .settings import Settings
 
 VERSION = API_VERSION.split("/", 1)[1]
@@ -43,6 +44,8 @@ FINALIZER = "lipsync.dev/cleanup"
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     # No runtime CRD/namespace scanning: no RBAC for customresourcedefinitions or namespaces.
     settings.scanning.disabled = True
+    # No handler needs a finalizer (deletion is optional, progress is polled by the work loop), so
+    # kopf adds none, and removes this one from objects an older operator gave it.
     settings.persistence.finalizer = FINALIZER
     # kopf's own bookkeeping in annotations, so .status holds only the LipSyncJobStatus schema.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="lipsync.dev")
@@ -55,6 +58,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: lo
     ctl = Controller(ops, Kube())
     memo.ctl = ctl
     ctl.metrics.serve(ops.metrics_port)
+    if ops.lease_namespace:  # several replicas: only the Lease holder acts (leader.py)
+        ctl.leading.clear()
+        elector = Elector(ctl.kube, ops.lease_namespace, ops.lease_name, ops.lease_seconds, ctl.leading)
+        memo.lease_loop = asyncio.create_task(elector.run())
     logger.info("lipsync-operator: GPU budget %s, kueue %s, image %s",
                 ops.gpu_budget, ops.kueue_queue or "off", ops.runner_image)
 
@@ -67,10 +74,10 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    task = getattr(memo, "work_loop", None)
-    if task is not None:
-        task.cancel()
     ctl: Controller | None = getattr(memo, "ctl", None)
+    for task in [getattr(memo, "lease_loop", None), *(ctl.tasks if ctl is not None else [])]:
+        if task is not None:
+            task.cancel()
     if ctl is not None:
         ctl.metrics.stop()
         ctl.kube.close()
@@ -97,8 +104,8 @@ def _ctl(memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index) -> 
     """
     ctl: Controller = memo.ctl
     ctl.use_indexes(lipsyncjobs_idx, jobs_idx)
-    if getattr(memo, "work_loop", None) is None:
-        memo.work_loop = asyncio.create_task(ctl.run())
+    if not ctl.tasks:  # on the controller: a resource handler's memo is a per-object copy
+        ctl.tasks = [asyncio.create_task(ctl.run()), asyncio.create_task(ctl.poll_forever())]
     return ctl
 
 
@@ -113,7 +120,7 @@ async def created(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kop
         patch.metadata.annotations[ARRIVAL_ANNOTATION] = arrival(meta)
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     await ctl.accept(body)
-    await ctl.attempt(DISPATCH)
+    ctl.kick(DISPATCH)  # coalesced: one dispatch per turn of the work loop, however many events
 
 
 @kopf.on.update(*CR, field="spec", backoff=5)
@@ -121,15 +128,18 @@ async def spec_changed(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.I
                        **_: Any) -> None:
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     await ctl.spec_changed(body)
-    await ctl.attempt(DISPATCH)
+    ctl.kick(DISPATCH)  # coalesced: one dispatch per turn of the work loop, however many events
 
 
-@kopf.on.delete(*CR, backoff=5)
+# optional: no finalizer. A LipSyncJob is deleted at once, operator or not (its Job has an owner
+# reference: the garbage collector removes it). Called only when another finalizer holds the object
+# (e.g. kubectl delete --cascade=foreground); otherwise the DELETED event below does the cleanup.
+@kopf.on.delete(*CR, backoff=5, optional=True)
 async def deleted(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index,
                   **_: Any) -> None:
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     await ctl.deleted(body)
-    await ctl.attempt(DISPATCH)
+    ctl.kick(DISPATCH)  # coalesced: one dispatch per turn of the work loop, however many events
 
 
 @kopf.on.event(*CR)
@@ -139,26 +149,9 @@ async def lipsyncjob_event(event: kopf.RawEvent, namespace: str, name: str, memo
     on kopf's own patch); kopf runs this before its finalizer and change handlers."""
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     if event.get("type") == "DELETED":
-        ctl.gone((namespace, name))
-    else:
-        ctl.kick((namespace, name))
+        ctl.gone((namespace, name))  # its Job is deleted by the reconcile this queues
+    ctl.kick((namespace, name))
     ctl.kick(DISPATCH)
-
-
-def _is_running(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
-    return status.get("phase") == "Running" and not meta.get("deletionTimestamp")
-
-
-@kopf.daemon(*CR, when=_is_running, cancellation_timeout=2.0)
-async def progress(stopped: kopf.DaemonStopped, namespace: str, name: str, uid: str, memo: kopf.Memo,
-                   logger: logging.Logger, **_: Any) -> None:
-    ctl: Controller = memo.ctl
-    while not stopped:
-        try:
-            await ctl.poll_progress((namespace, name), uid)
-        except Exception as e:  # a failed poll is not a failed render: try again next round
-            logger.warning("progress poll failed: %s", e)
-        await stopped.wait(ctl.settings.progress_interval)
 
 
 # ---------------------------------------------------------------------------- Jobs
@@ -167,4 +160,4 @@ async def job_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, li
                       jobs_idx: kopf.Index, **_: Any) -> None:
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     await ctl.job_event(body)
-    await ctl.attempt(DISPATCH)
+    ctl.kick(DISPATCH)  # coalesced: one dispatch per turn of the work loop, however many events

@@ -8,6 +8,22 @@ Failure handling is the Job controller's, driven by the runner's exit code (``li
 ``podFailurePolicy`` ignores pod disruptions (eviction, preemption, node drain: retried without
 counting against ``backoffLimit``) and fails the Job at once on a permanent exit code; anything
 else (75 StorageUnavailable, 1 InternalError, OOM kills) is retried up to ``backoffLimit``.
+
+``spec.parallelism: N`` above 1 splits the render over pods (:func:`job_manifest` ``step``):
+
+* the **render** Job is an Indexed Job (``completionMode: Indexed``, ``completions`` =
+  ``parallelism`` = N) whose pods run the runner with ``--shard auto/N`` (the index comes from
+  ``JOB_COMPLETION_INDEX``); each renders its share of the chunks into the work area and publishes
+  nothing. Retries are per index (``backoffLimitPerIndex`` = ``LIPSYNC_BACKOFF_LIMIT``), and
+  ``maxFailedIndexes: 0`` fails the Job as soon as one index has failed for good (no stitch could
+  follow); the pod failure policy is the same;
+* the **stitch** Job (:func:`stitch_job_name`), created by the operator once the render Job is
+  Complete, is an ordinary Job running the plain runner: it finds every chunk finished, joins
+  them and publishes. It asks for no GPU (``CUDA_VISIBLE_DEVICES`` empty: wav2lip's ``auto``
+  device falls back to the CPU; the model is loaded but renders nothing unless a chunk has gone
+  missing), except with ``device: cuda``, which must see one.
+
+A GPU render Job takes N slots of the operator's GPU budget (:func:`gpu_slots`).
 """
 
 from __future__ import annotations
@@ -30,6 +46,9 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "lipsync-operator"
 UID_LABEL = "lipsync.dev/job-uid"          # on the Job and its pods: which LipSyncJob they render
 GPU_LABEL = "lipsync.dev/gpu"              # "true" when the Job counts against the GPU budget
+STEP_LABEL = "lipsync.dev/step"            # "render" (the pods that render chunks) or "stitch"
+RENDER, STITCH = "render", "stitch"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # an Indexed Job's pod: its index
 OWNER_ANNOTATION = "lipsync.dev/owner"     # "<namespace>/<name>" of the LipSyncJob
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 RESULT_FILE = "/dev/termination-log"
@@ -39,18 +58,37 @@ RUNNER_COMMAND = ["lipsync", "run", "--job-env", "LIPSYNC_JOB", "--log-format", 
 _MAX_NAME = 63
 
 
-def job_name(name: str, uid: str) -> str:
+def job_name(name: str, uid: str, generation: int | None = None) -> str:
     """``lipsync-<name>-<8 hex of sha256(uid)>``, the name trimmed so the whole fits 63 chars.
 
     A DNS-1123 label (dots become dashes), so it is also a valid ``job-name`` label value.
     The uid suffix keeps a deleted-and-recreated LipSyncJob of the same name from adopting the
     old Job while its deletion is still in progress.
     """
-    digest = hashlib.sha256(uid.encode()).hexdigest()[:8]
+    seed = uid if generation is None else f"{uid}/{generation}"  # a Kueue replacement (see controller)
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:8]
     stem = re.sub(r"[^a-z0-9-]", "-", name.lower())
     room = _MAX_NAME - len("lipsync-") - 1 - len(digest)
     stem = stem[:room].strip("-") or "job"
     return f"lipsync-{stem}-{digest}"
+
+
+def stitch_job_name(name: str, uid: str) -> str:
+    """The stitch Job's name: :func:`job_name` with ``-stitch`` (the stem trimmed to keep 63 chars)."""
+    base = job_name(name, uid)
+    stem, digest = base[len("lipsync-"):].rsplit("-", 1)
+    room = _MAX_NAME - len("lipsync-") - len("-stitch") - 1 - len(digest)
+    return f"lipsync-{stem[:room].strip('-') or 'job'}-{digest}-stitch"
+
+
+def parallelism(job: LipSyncJob) -> int:
+    """How many pods render at once (``spec.parallelism``, 1 without it)."""
+    return int(getattr(job.spec, "parallelism", 1) or 1)
+
+
+def gpu_slots(job: LipSyncJob) -> int:
+    """GPU budget slots the render takes: one per pod of a GPU model, 0 for a CPU model."""
+    return parallelism(job) if needs_gpu(job) else 0
 
 
 def needs_gpu(job: LipSyncJob) -> bool:
@@ -72,13 +110,25 @@ def runner_document(job: LipSyncJob) -> dict[str, Any]:
     }
 
 
-def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
-    """The complete ``batch/v1`` Job manifest for one LipSyncJob."""
+def job_manifest(job: LipSyncJob, settings: Settings, step: str = RENDER, *,
+                 generation: int | None = None) -> dict[str, Any]:
+    """The complete ``batch/v1`` Job manifest for one LipSyncJob.
+
+    ``step``: ``render`` (one pod, or with ``spec.parallelism`` N > 1 an Indexed Job of N pods
+    each rendering its share), or ``stitch`` (after an Indexed render: join and publish).
+    ``generation``: set for a render Job that replaces a never-admitted Kueue Job after a spec
+    edit (its name must differ from the one being deleted); None for the first Job.
+    """
     meta = job.metadata
     if not meta.uid or not meta.namespace:
         raise ValueError("a LipSyncJob from the cluster has metadata.uid and metadata.namespace")
+    if step not in (RENDER, STITCH):
+        raise ValueError(f"step {step!r}: render or stitch")
+    pods = parallelism(job) if step == RENDER else 1
     gpu = needs_gpu(job)
-    name = job_name(meta.name, meta.uid)
+    if step == STITCH:
+        gpu = gpu and job.spec.model.options.get("device") == "cuda"
+    name = job_name(meta.name, meta.uid, generation) if step == RENDER else stitch_job_name(meta.name, meta.uid)
 
     labels = {
         "app.kubernetes.io/name": "lipsync",
@@ -86,6 +136,7 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
         MANAGED_BY_LABEL: MANAGED_BY,
         UID_LABEL: meta.uid,
         GPU_LABEL: "true" if gpu else "false",
+        STEP_LABEL: step,
     }
     job_labels = dict(labels)
     if settings.kueue_queue:
@@ -104,6 +155,8 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
         {"name": "HOME", "value": SCRATCH},
         {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH}/.cache"},
     ]
+    if not gpu:
+        env.append({"name": "CUDA_VISIBLE_DEVICES", "value": ""})  # no GPU was allocated: use none
     if settings.s3_endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint})
 
@@ -123,7 +176,7 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.runner_image,
-        "args": list(RUNNER_COMMAND),  # args, not command: the image's tini entrypoint stays PID 1
+        "args": list(RUNNER_COMMAND) + (["--shard", f"auto/{pods}"] if pods > 1 else []),  # args, not command: the image's tini entrypoint stays PID 1
         "env": env,
         "resources": resources,
         "terminationMessagePath": RESULT_FILE,
@@ -165,8 +218,8 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
         "backoffLimit": settings.backoff_limit,
         "activeDeadlineSeconds": settings.active_deadline_seconds,
         "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
-        "completions": 1,
-        "parallelism": 1,
+        "completions": pods,
+        "parallelism": pods,
         # Do not start a replacement pod before the failed one is gone (no two pods on a GPU).
         "podReplacementPolicy": "Failed",
         "podFailurePolicy": {
@@ -186,6 +239,11 @@ def job_manifest(job: LipSyncJob, settings: Settings) -> dict[str, Any]:
         },
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
+    if pods > 1:
+        # One pod per index, each retried on its own; one index failed for good fails the Job
+        # at once (the stitch needs every chunk). backoffLimit then defaults to "unlimited".
+        del spec["backoffLimit"]
+        spec.update(completionMode="Indexed", backoffLimitPerIndex=settings.backoff_limit, maxFailedIndexes=0)
     if settings.kueue_queue:
         spec["suspend"] = True  # Kueue admits (unsuspends) it when quota allows
 
@@ -221,6 +279,21 @@ def owner_of(job: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def step_of(job: dict[str, Any]) -> str:
+    """``render`` or ``stitch``: which step a Job (or pod) runs (Jobs before issue 15: render)."""
+    return ((job.get("metadata") or {}).get("labels") or {}).get(STEP_LABEL) or RENDER
+
+
+def index_of(pod: dict[str, Any]) -> int | None:
+    """An Indexed Job's pod: its completion index (annotation, or label since Kubernetes 1.28)."""
+    meta = pod.get("metadata") or {}
+    value = (meta.get("annotations") or {}).get(COMPLETION_INDEX) or (meta.get("labels") or {}).get(COMPLETION_INDEX)
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
 def pods_of(pods: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
     """The pods rendering the LipSyncJob ``uid``, oldest first (a list call may return more)."""
     mine = [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(UID_LABEL) == uid]
@@ -232,27 +305,35 @@ def spec_digest(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def job_spec_digest(job: dict[str, Any]) -> str | None:
-    """:func:`spec_digest` of the spec in a Job's ``LIPSYNC_JOB``; None if it has none."""
+def runner_document_of(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The runner document (``LIPSYNC_JOB``) a Job's runner container renders; None if it has none."""
     for c in (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or []:
         if c.get("name") != CONTAINER:
             continue
         for e in c.get("env") or []:
             if e.get("name") == "LIPSYNC_JOB" and e.get("value"):
                 try:
-                    spec = json.loads(e["value"]).get("spec")
-                except (ValueError, AttributeError):
+                    doc = json.loads(e["value"])
+                except ValueError:
                     return None
-                return spec_digest(spec) if isinstance(spec, dict) else None
+                return doc if isinstance(doc, dict) else None
     return None
+
+
+def job_spec_digest(job: dict[str, Any]) -> str | None:
+    """:func:`spec_digest` of the spec in a Job's ``LIPSYNC_JOB``; None if it has none."""
+    spec = (runner_document_of(job) or {}).get("spec")
+    return spec_digest(spec) if isinstance(spec, dict) else None
 
 
 def job_facts_body(job: dict[str, Any]) -> dict[str, Any]:
     """The parts of a Job its LipSyncJob's status is computed from (kept in the operator's index)."""
     meta = job.get("metadata") or {}
+    spec = job.get("spec") or {}
     return {
         "metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
-        "spec": {"suspend": (job.get("spec") or {}).get("suspend")},
+        "spec": {"suspend": spec.get("suspend"), "completions": spec.get("completions"),
+                 "parallelism": spec.get("parallelism"), "completionMode": spec.get("completionMode")},
         "status": dict(job.get("status") or {}),
         "specDigest": job_spec_digest(job),
     }

@@ -187,3 +187,26 @@ class Kube:
             if e.status == 404:
                 return None
             raise
+
+    # ------------------------------------------------------------------ leader election
+    @needs("coordination.k8s.io", "leases", "get")
+    async def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._acall("GET", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}")
+        except KubeError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    @needs("coordination.k8s.io", "leases", "create")
+    async def create_lease(self, namespace: str, lease: dict[str, Any]) -> dict[str, Any]:
+        return await self._acall("POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", body=lease)
+
+    @needs("coordination.k8s.io", "leases", "patch")
+    async def patch_lease(self, namespace: str, name: str, resource_version: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the Lease's spec with ``metadata.resourceVersion`` as a precondition: the API
+        server answers 409 if another replica wrote the Lease since it was read."""
+        return await self._acall(
+            "PATCH", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}",
+            body={"metadata": {"resourceVersion": resource_version}, "spec": spec},
+            content_type="application/merge-patch+json")

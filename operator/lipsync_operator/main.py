@@ -1,6 +1,7 @@
 """``lipsync-operator``: run kopf with the handlers, the way the Helm chart deploys it.
 
-* ``--standalone``: one replica, no peering (no kopfpeerings CRD, no RBAC for it);
+* ``--standalone``: no kopf peering (no kopfpeerings CRD, no RBAC for it); several replicas
+  elect a leader through a Lease instead (``leader.py``), and only the leader acts;
 * ``--namespace=NS`` for each of ``LIPSYNC_JOB_NAMESPACES``: the operator watches, and acts, in
   those namespaces only (a Role in each, nothing cluster-wide); a LipSyncJob anywhere else is
   never seen, so it gets no Job and no status. Without the variable (development):

@@ -6,7 +6,7 @@ API calls) are read at scrape time by a collector, so they cannot drift from the
 
 * ``lipsync_jobs{phase}``                       LipSyncJobs this operator knows, by phase
 * ``lipsync_queue_length``                      LipSyncJobs Queued for a GPU
-* ``lipsync_gpu_jobs_running``                  GPU Jobs counting against the budget
+* ``lipsync_gpu_jobs_running``                  GPU pods counting against the budget
 * ``lipsync_gpu_budget``                        the budget (``LIPSYNC_GPU_BUDGET``)
 * ``lipsync_api_calls_total{group,resource,verb}`` the operator's own API calls (kopf's aside)
 * ``lipsync_job_duration_seconds{phase}``       startedAt → finishedAt of finished renders
@@ -57,7 +57,7 @@ class _StateCollector(Collector):
             jobs.add_metric([phase], snap["phases"].get(phase, 0))
         yield jobs
         yield GaugeMetricFamily("lipsync_queue_length", "LipSyncJobs waiting for a GPU", value=snap["queued"])
-        yield GaugeMetricFamily("lipsync_gpu_jobs_running", "GPU Jobs counting against the budget",
+        yield GaugeMetricFamily("lipsync_gpu_jobs_running", "GPU pods counting against the budget",
                                 value=snap["gpu_running"])
         yield GaugeMetricFamily("lipsync_gpu_budget", "GPU Jobs allowed at once", value=snap["budget"])
         calls = CounterMetricFamily("lipsync_api_calls", "The operator's own API calls",

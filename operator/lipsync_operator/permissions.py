@@ -10,6 +10,8 @@ sources, and ``tests/operator/test_permissions.py`` proves all three agree:
   :mod:`lipsync_operator.kube`, whose methods each declare the (group, resource, verb) they use;
   a test checks that this list equals those declarations and that no other module talks to the
   API server.
+* ``LEASE_NEEDS`` (``LEASE_RULES``): the leader-election Lease, in the operator's own namespace
+  only (a separate Role there): also declared through :mod:`lipsync_operator.kube`.
 * ``KOPF_NEEDS``: what kopf itself calls, run as ``lipsync-operator`` runs it: ``--standalone``
   (no peering, so no ``kopfpeerings`` / ``clusterkopfpeerings``), ``--namespace`` per job
   namespace (listed by name: no namespace listing), and
@@ -63,6 +65,15 @@ def merge_rules(needs: Iterable[tuple[str, ...]]) -> list[dict[str, list[str]]]:
 
 
 RULES: list[dict[str, list[str]]] = merge_rules(KOPF_NEEDS + OPERATOR_NEEDS)
+
+# Leader election (leader.py): the Lease in the operator's own namespace (the chart's release
+# namespace, LIPSYNC_LEASE_NAMESPACE), granted there by a Role of its own, nowhere else.
+LEASE_NEEDS: tuple[tuple[str, str, str, str], ...] = (
+    ("coordination.k8s.io", "leases", "get", "read the leader-election Lease"),
+    ("coordination.k8s.io", "leases", "create", "create the Lease when no replica has yet"),
+    ("coordination.k8s.io", "leases", "patch", "renew it, or take it over once it has expired"),
+)
+LEASE_RULES: list[dict[str, list[str]]] = merge_rules(LEASE_NEEDS)
 # Granted cluster-wide (a ClusterRole): nothing. A LipSyncJob outside the job namespaces is never seen.
 CLUSTER_RULES: list[dict[str, list[str]]] = []
 
@@ -79,4 +90,5 @@ def allows(group: str, resource: str, verb: str, rules: Iterable[dict] = RULES) 
     return False
 
 
-__all__ = ["CLUSTER_RULES", "KOPF_NEEDS", "OPERATOR_NEEDS", "RULES", "allows", "merge_rules"]
+__all__ = ["CLUSTER_RULES", "KOPF_NEEDS", "LEASE_NEEDS", "LEASE_RULES", "OPERATOR_NEEDS", "RULES", "allows",
+           "merge_rules"]

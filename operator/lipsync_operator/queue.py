@@ -7,13 +7,17 @@ waiting. On top of the indexes the operator keeps one in-memory fact: the Jobs i
 watch event has not arrived yet (``Dispatcher.started``), so two admissions in a row cannot both
 take the last slot.
 
-* counts against the budget: a LipSyncJob with a GPU Job that exists and is not finished;
+* counts against the budget: every GPU pod of an unfinished GPU Job: a render Job of
+  ``spec.parallelism`` N takes N slots (its ``spec.parallelism``), a stitch Job with a GPU one;
+  a LipSyncJob whose render needs more slots than the whole budget is refused (``NotAllowed``);
 * waits: a valid, GPU-needing LipSyncJob with no Job, not finished, not being deleted, and whose
   status does not say a Job was already created for it (``status.jobName``: one Job, ever);
 * order: fair between namespaces (the next free slot goes to the namespace with the fewest GPU
   Jobs running, ties to the one whose first waiting job is oldest: round-robin when all are
-  backlogged), FIFO within one (``creationTimestamp``, then the operator's first sight of the
+  backlogged; counted in GPU pods), FIFO within one (``creationTimestamp``, then the operator's first sight of the
   object, then its uid: never its name; see :func:`fair_order`);
+* a job needing N slots starts only when N are free; the ones behind it wait too (no job
+  overtakes a wider one, which would otherwise starve);
 * non-GPU jobs (``baseline``) never wait; with Kueue (``LIPSYNC_KUEUE_QUEUE``) nothing waits here:
   Jobs are created suspended and Kueue admits them.
 
@@ -40,6 +44,7 @@ class Candidate:
     uid: str
     created: str  # creationTimestamp (RFC 3339 sorts as text)
     gpu: bool
+    slots: int = 1  # GPU budget slots its render takes (spec.parallelism for a GPU model)
     valid: bool = True
     error: str | None = None  # why the spec is invalid (or refused by the cluster policy)
     error_reason: str | None = None  # InvalidSpec, NotAllowed
@@ -76,6 +81,8 @@ class JobFact:
     uid: str    # the LipSyncJob's uid
     gpu: bool
     finished: bool
+    slots: int = 1  # GPU pods it runs at once (its spec.parallelism) when gpu
+    step: str = "render"  # or "stitch" (jobs.STEP_LABEL)
     # What the status is computed from: name, labels, spec.suspend, status (jobs.job_facts_body).
     body: Any = dataclasses.field(default=None, hash=False, repr=False)
 
@@ -88,7 +95,7 @@ class JobFact:
 class Plan:
     start: list[Candidate]   # create their Jobs now, in this order
     wait: list[Candidate]    # Queued, in the order they would start (fair_order)
-    running: int             # GPU Jobs counting against the budget (before `start`)
+    running: int             # GPU pods (slots) counting against the budget (before `start`)
 
 
 def plan(candidates: Iterable[Candidate], jobs: Iterable[JobFact], *, budget: int,
@@ -101,7 +108,14 @@ def plan(candidates: Iterable[Candidate], jobs: Iterable[JobFact], *, budget: in
     has_job = {j.key for j in jobs}
     flying = [c for c in in_flight if c.key not in has_job]
     has_job |= {c.key for c in flying}
-    running = len({j.key for j in jobs if j.gpu and not j.finished} | {c.key for c in flying if c.gpu})
+    per_ns: collections.Counter[str] = collections.Counter()
+    for j in jobs:
+        if j.gpu and not j.finished:
+            per_ns[j.namespace] += max(1, j.slots)
+    for c in flying:
+        if c.gpu:
+            per_ns[c.namespace] += max(1, c.slots)
+    running = sum(per_ns.values())
 
     pending = sorted(
         (c for c in candidates
@@ -111,11 +125,13 @@ def plan(candidates: Iterable[Candidate], jobs: Iterable[JobFact], *, budget: in
     if kueue:
         return Plan(start=pending, wait=[], running=running)
     start = [c for c in pending if not c.gpu]
-    per_ns = collections.Counter(j.namespace for j in jobs if j.gpu and not j.finished)
-    per_ns.update(c.namespace for c in flying if c.gpu)
     line = fair_order([c for c in pending if c.gpu], per_ns)
     free = max(0, budget - running)
-    return Plan(start=start + line[:free], wait=line[free:], running=running)
+    n = 0
+    while n < len(line) and max(1, line[n].slots) <= free:
+        free -= max(1, line[n].slots)
+        n += 1
+    return Plan(start=start + line[:n], wait=line[n:], running=running)
 
 
 def fair_order(waiting: list[Candidate], running: collections.Counter[str]) -> list[Candidate]:
@@ -123,7 +139,7 @@ def fair_order(waiting: list[Candidate], running: collections.Counter[str]) -> l
 
     Each next slot goes to the namespace with the fewest GPU Jobs running (counting the slots
     already handed out in this order), ties to the namespace whose first waiting job is oldest
-    (:attr:`Candidate.order`). With every namespace backlogged this is round-robin between them;
+    (:attr:`Candidate.order`); counts are GPU pods (slots). With every namespace backlogged this is round-robin between them;
     one namespace's 150 jobs hold back another namespace's first job for one free slot at most.
     ``waiting`` must be in FIFO order. O(n log k) for n jobs in k namespaces.
     """
@@ -138,7 +154,7 @@ def fair_order(waiting: list[Candidate], running: collections.Counter[str]) -> l
         line = lines[ns]
         out.append(line.popleft())
         if line:
-            heapq.heappush(heap, (count + 1, line[0].order, ns))
+            heapq.heappush(heap, (count + max(1, out[-1].slots), line[0].order, ns))
     return out
 
 

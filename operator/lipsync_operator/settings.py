@@ -24,6 +24,10 @@ variable                             meaning                        default
 ``LIPSYNC_PROGRESS_INTERVAL``        seconds between progress polls ``5``
 ``LIPSYNC_RESYNC_SECONDS``           seconds between resyncs of     ``30``
                                      every unfinished LipSyncJob
+``LIPSYNC_LEASE_NAMESPACE``          namespace of the leader-       (unset: no election,
+                                     election Lease                 the replica always acts)
+``LIPSYNC_LEASE_NAME``               name of that Lease             ``lipsync-operator``
+``LIPSYNC_LEASE_SECONDS``            leaseDurationSeconds           ``15``
 ``LIPSYNC_METRICS_PORT``             Prometheus port (0: off)       ``9090``
 ``LIPSYNC_RUNNER_EPHEMERAL_STORAGE`` ephemeral-storage request = limit (none)
                                      of the runner (its scratch,
@@ -85,6 +89,9 @@ class Settings:
     runner_memory: str | None = None
     progress_interval: float = 5.0
     resync_seconds: float = 30.0
+    lease_namespace: str | None = None
+    lease_name: str = "lipsync-operator"
+    lease_seconds: float = 15.0
     metrics_port: int = 9090
     health_port: int = 8080
     command_policy: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -195,6 +202,9 @@ class Settings:
             runner_memory=text("LIPSYNC_RUNNER_MEMORY"),
             progress_interval=number("LIPSYNC_PROGRESS_INTERVAL", cls.progress_interval, float, minimum=0.1),
             resync_seconds=number("LIPSYNC_RESYNC_SECONDS", cls.resync_seconds, float, minimum=0.1),
+            lease_namespace=text("LIPSYNC_LEASE_NAMESPACE"),
+            lease_name=text("LIPSYNC_LEASE_NAME", cls.lease_name),
+            lease_seconds=number("LIPSYNC_LEASE_SECONDS", cls.lease_seconds, float, minimum=1),
             metrics_port=number("LIPSYNC_METRICS_PORT", cls.metrics_port),
             health_port=number("LIPSYNC_HEALTH_PORT", cls.health_port, minimum=1),
         )

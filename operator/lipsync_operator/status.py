@@ -27,10 +27,10 @@ import datetime
 import json
 from typing import Any, Iterable, Mapping
 
-from lipsync.errors import REASONS, reason_for_exit_code
+from lipsync.errors import PERMANENT_EXIT_CODES, REASONS, reason_for_exit_code
 from lipsync.redact import redact
 
-from .jobs import CONTAINER, KUEUE_QUEUE_LABEL
+from .jobs import CONTAINER, KUEUE_QUEUE_LABEL, index_of
 
 TERMINAL = frozenset({"Succeeded", "Failed"})
 IN_PROGRESS = frozenset({"Pending", "Queued", "Running"})
@@ -238,13 +238,18 @@ def queued(current: Mapping[str, Any] | None, *, generation: int | None, now: st
 
 
 def from_job(current: Mapping[str, Any] | None, job: Mapping[str, Any], pods: list[Mapping[str, Any]], *,
-             generation: int | None, now: str, job_name: str | None = None) -> dict[str, Any]:
-    """The status a LipSyncJob has given its Job and the Job's pods (oldest first)."""
+             generation: int | None, now: str, job_name: str | None = None, name_field: str = "jobName",
+             prefix: str = "") -> dict[str, Any]:
+    """The status a LipSyncJob has given its Job and the Job's pods (oldest first).
+
+    ``name_field``: the status field that records the Job's name (``stitchJobName`` for the
+    stitch step); ``prefix``: put before a failure's message and a retry note (which index).
+    """
     current = dict(current or {})
     jstatus = job.get("status") or {}
     name = job_name or (job.get("metadata") or {}).get("name")
     if name and current.get("phase") not in TERMINAL:
-        current["jobName"] = name  # a Job was created: never another (see controller.reconcile)
+        current[name_field] = name  # a Job was created: never another (see controller.reconcile)
         if job.get("specDigest"):
             current["specDigest"] = job["specDigest"]  # the spec it renders
     outcomes = [o for o in (pod_outcome(p) for p in pods) if o is not None]
@@ -270,7 +275,7 @@ def from_job(current: Mapping[str, Any] | None, job: Mapping[str, Any], pods: li
             reason = cond.get("reason") or reason  # disruptions do not fail a Job by themselves
         detail = (last or {}).get("message") or cond.get("message") or ""
         summary = REASONS[reason].summary if reason in REASONS else None
-        message = detail or summary or f"Job {name} failed"
+        message = prefix + (detail or summary or f"Job {name} failed")
         if cond.get("reason") == "DeadlineExceeded":
             message = f"the Job ran past activeDeadlineSeconds: {cond.get('message') or detail}".rstrip(": ")
             reason = "DeadlineExceeded"
@@ -293,7 +298,7 @@ def from_job(current: Mapping[str, Any] | None, job: Mapping[str, Any], pods: li
     note = None
     if retries:
         why = retries[-1]["reason"] or f"exit code {retries[-1]['exitCode']}"
-        note = f"attempt {len(retries) + 1}: the previous pod ended ({why}); retrying"
+        note = f"{prefix}attempt {len(retries) + 1}: the previous pod ended ({why}); retrying"
 
     if active and (ready or started):
         stage = current.get("stage") if current.get("phase") == "Running" else "starting"
@@ -393,3 +398,112 @@ def merge_patch(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -
     patch: dict[str, Any] = {k: v for k, v in desired.items() if current.get(k) != v}
     patch.update({k: None for k in current if k not in desired})
     return patch
+
+
+# ---------------------------------------------------------------------------- spec.parallelism > 1
+def completed_indexes(text: str | None) -> set[int]:
+    """An Indexed Job's ``status.completedIndexes`` (``"0,2-4"``) as a set of indices."""
+    out: set[int] = set()
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        try:
+            out.update(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            continue
+    return out
+
+
+def indices_done(job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], total: int) -> set[int]:
+    """The indices that have rendered their share: the Job's ``completedIndexes``, and the
+    succeeded pods' indices (the Job controller may not have counted them yet)."""
+    done = completed_indexes((job.get("status") or {}).get("completedIndexes"))
+    for pod in pods:
+        out = pod_outcome(pod)
+        k = index_of(pod)  # type: ignore[arg-type]
+        if out is not None and out["succeeded"] and k is not None:
+            done.add(k)
+    return {k for k in done if 0 <= k < total}
+
+
+def _failed_index(pods: list[Mapping[str, Any]]) -> int | None:
+    """Which pod's failure failed an Indexed Job: a permanent exit code first, else the last
+    failure that was not a disruption; its position in ``pods``."""
+    failures = [(i, o) for i, o in ((i, pod_outcome(p)) for i, p in enumerate(pods))
+                if o is not None and not o["succeeded"]]
+    for i, o in reversed(failures):
+        if o["exitCode"] in PERMANENT_EXIT_CODES and not o["disrupted"]:
+            return i
+    for i, o in reversed(failures):
+        if not o["disrupted"]:
+            return i
+    return failures[-1][0] if failures else None
+
+
+def from_indexed(current: Mapping[str, Any] | None, render: Mapping[str, Any], render_pods: list[Mapping[str, Any]],
+                 *, total: int, generation: int | None, now: str, render_name: str,
+                 stitch: Mapping[str, Any] | None = None, stitch_pods: list[Mapping[str, Any]] | None = None,
+                 stitch_name: str | None = None) -> dict[str, Any]:
+    """The status of a render split over ``total`` pods (an Indexed Job), then its stitch Job.
+
+    ``status.indices`` is ``{done, total}``. While the render Job runs, the status is
+    :func:`from_job`'s with the index in messages; one index failed for good fails the
+    LipSyncJob with that index's reason (a permanent exit code is preferred over an ordinary
+    failure, never a disruption). Once the render Job is Complete, the stitch Job decides.
+    """
+    current = dict(current or {})
+    if current.get("phase") not in TERMINAL:
+        current["jobName"] = render_name
+    if stitch is not None:
+        if current.get("phase") not in TERMINAL:
+            current["indices"] = {"done": total, "total": total}
+            current["stage"] = "stitch"
+        st = from_job(current, stitch, stitch_pods or [], generation=generation, now=now, job_name=stitch_name,
+                      name_field="stitchJobName", prefix="stitch step: ")
+        if st.get("phase") == "Running" and not (st.get("message") or "").startswith("stitch step: "):
+            st = build(st, phase="Running", generation=generation, now=now, stage="stitch",
+                       message=f"all {total} indices rendered; joining their chunks in Job {stitch_name}",
+                       startedAt=st.get("startedAt") or now)
+        return st
+
+    done = indices_done(render, render_pods, total)
+    if current.get("phase") not in TERMINAL:
+        current["indices"] = {"done": len(done), "total": total}
+    finished = job_finished(render)
+    if finished == "Succeeded":  # every index rendered: the stitch Job comes next
+        return build(current, phase="Running", generation=generation, now=now,
+                     message=f"all {total} indices rendered; creating the stitch Job",
+                     indices={"done": total, "total": total}, stage="stitch",
+                     startedAt=current.get("startedAt") or (render.get("status") or {}).get("startTime") or now)
+    if finished == "Failed":
+        which = _failed_index(list(render_pods))
+        pods = list(render_pods)
+        prefix = ""
+        if which is not None:
+            pods.append(pods.pop(which))  # from_job reads the last pod's outcome
+            k = index_of(pods[-1])  # type: ignore[arg-type]
+            prefix = f"index {k} of {total}: " if k is not None else ""
+        return from_job(current, render, pods, generation=generation, now=now, job_name=render_name, prefix=prefix)
+
+    # Running (or between attempts): a retry note names the index, if one is being retried.
+    retrying = [p for p in render_pods if (o := pod_outcome(p)) is not None and not o["succeeded"]
+                and index_of(p) not in done]  # type: ignore[arg-type]
+    if retrying:
+        k = index_of(retrying[-1])  # type: ignore[arg-type]
+        same = [p for p in render_pods if index_of(p) == k]  # type: ignore[arg-type]
+        return from_job(current, render, same, generation=generation, now=now, job_name=render_name,
+                        prefix=f"index {k} of {total}: " if k is not None else "")
+    st = from_job(current, render, render_pods, generation=generation, now=now, job_name=render_name)
+    if st.get("phase") == "Running":
+        st = build(st, phase="Running", generation=generation, now=now, stage=st.get("stage"),
+                   message=f"rendering in Indexed Job {render_name}: {len(done)} of {total} indices done")
+    return st
+
+
+def aggregate_progress(total: int, done: Iterable[int], running: Mapping[int, int]) -> int:
+    """Percent of an Indexed render: each done index counts 100, each running one its own percent."""
+    done = set(done)
+    parts = [100 if k in done else max(0, min(100, running.get(k, 0))) for k in range(total)]
+    return int(sum(parts) / max(1, total))

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import log, policy
-from .errors import REASONS, InvalidSpec, LipSyncError
+from .errors import REASONS, InputNotFound, InvalidSpec, LipSyncError
 from .extras import require_torch
 from .redact import redact
 from .spec import LipSyncJob, iter_job_files, load_jobs, parse_job
@@ -37,16 +37,23 @@ def result_text(payload: dict, limit: int = RESULT_LIMIT) -> str:
 
 
 def _shorten_to_fit(payload: dict, limit: int) -> str | None:
+    """The payload as JSON of at most ``limit`` bytes, its message cut from the front ("..." +
+    the end); None if it does not fit even with an empty message."""
     message = payload["message"]
-    keep = len(message)
-    while True:
-        text = json.dumps({**payload, "message": message if keep == len(message) else "..." + message[-keep:]
-                           if keep else ""}, ensure_ascii=True)
-        if len(text) <= limit:
+    text = json.dumps(payload, ensure_ascii=True)
+    if len(text) <= limit:
+        return text
+    keep = min(len(message), limit)  # each character takes at least one byte
+    while keep > 0:
+        kept = "..." + message[-keep:]
+        text = json.dumps({**payload, "message": kept}, ensure_ascii=True)
+        over = len(text) - limit
+        if over <= 0:
             return text
-        if keep == 0:
-            return None
-        keep = max(0, min(keep - (len(text) - limit), keep * 9 // 10))
+        per_char = len(json.dumps(kept, ensure_ascii=True)) / len(kept)  # 1 for ASCII, up to 12 escaped
+        keep -= max(1, int(over / per_char) + 1)
+    text = json.dumps({**payload, "message": ""}, ensure_ascii=True)
+    return text if len(text) <= limit else None
 
 
 def _write_result(payload: dict) -> None:
@@ -189,6 +196,85 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_track(args: argparse.Namespace) -> int:
+    """The face track of a video, as a render would find it, without rendering: see what the crop will be."""
+    from pydantic import ValidationError
+
+    from .io.probe import probe_video
+    from .spec import FaceSpec
+    from .video import track
+    from .video.decode import FrameReader, decode_command
+
+    try:
+        try:
+            face = FaceSpec.model_validate({k: v for k, v in {
+                "select": args.select, "index": args.index, "detector": args.detector, "weights": args.weights,
+                "detectEvery": args.detect_every, "padding": args.padding}.items() if v is not None})
+        except ValidationError as e:
+            raise InvalidSpec("; ".join(f"--{'.'.join(str(p) for p in err['loc']) or 'face'}: {err['msg']}"
+                                        for err in e.errors()), stage="track") from None
+        video = Path(args.video)
+        if not video.is_file():
+            raise InputNotFound(f"video {str(video)!r} does not exist or is not a file", stage="track")
+        info = probe_video(video, field="video")
+        (w, h), scale = track.analysis_size(info.width, info.height)
+        argv = decode_command(video, fps=info.fps, size=(w, h), start_time=info.start_time, pix_fmt="gray")
+        with FrameReader(argv, w, h, field="video", channels=1) as reader:
+            sc = track.scan(reader, scale, face)
+        padding = face.padding if face.padding is not None else 0.25
+        boxes = track.build_track(sc, fps=float(info.fps), padding=padding, every=face.detect_every)
+    except LipSyncError as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    if args.overlay:
+        try:
+            _draw_track(video, info, boxes, Path(args.overlay))
+        except LipSyncError as e:
+            print(str(e), file=sys.stderr)
+            return e.exit_code
+    doc = track.to_json(sc, boxes, width=info.width, height=info.height, fps=float(info.fps), face=face, padding=padding)
+    if args.json:
+        tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(args.json)
+    found = sum(b is not None for b in boxes)
+    print(f"{found} of {sc.frames} frames have a face box; {len(sc.cuts)} shot(s); "
+          f"{sc.detector_calls} detector calls; jitter {doc['jitter']}" + (f"; written to {args.json}" if args.json else "") + (f"; drawn in {args.overlay}" if args.overlay else ""))
+    return 0
+
+
+def _draw_track(video: Path, info, boxes: list, dest: Path) -> None:
+    """The video with its track drawn on every frame (H.264, no sound), written beside and renamed."""
+    import subprocess
+
+    import numpy as np
+
+    from .errors import EncodeFailed
+    from .video import track
+    from .video.decode import FrameReader, decode_command
+
+    tmp = dest.with_name(dest.name + ".tmp.mp4")
+    w, h = info.width, info.height
+    enc = subprocess.Popen(["ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}",
+                            "-r", str(info.fps), "-i", "pipe:", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
+                            "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", str(tmp)],
+                           stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert enc.stdin is not None
+    try:
+        with FrameReader(decode_command(video, fps=info.fps, start_time=info.start_time), w, h, field="video") as reader:
+            for i, frame in enumerate(reader):
+                enc.stdin.write(track.draw(np.array(frame), boxes[i] if i < len(boxes) else None).tobytes())
+    except BrokenPipeError:
+        pass
+    finally:
+        enc.stdin.close()
+        err = enc.stderr.read().decode(errors="replace") if enc.stderr else ""
+    if enc.wait() != 0:
+        tmp.unlink(missing_ok=True)
+        raise EncodeFailed(f"ffmpeg could not write --overlay {str(dest)!r}: {err.strip()[-300:]}", stage="track")
+    tmp.replace(dest)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lipsync", description="Lip-sync rendering: LipSyncJob YAML in, video out.")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -223,6 +309,18 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--audio", help="score against this speech instead of the video's own audio stream")
     sc.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     sc.set_defaults(func=cmd_score)
+
+    tr = sub.add_parser("track", help="the face track of a video (boxes, landmarks, cuts) without rendering")
+    tr.add_argument("video")
+    tr.add_argument("--json", metavar="FILE", help="write the per-frame boxes, landmarks and shot cuts here")
+    tr.add_argument("--overlay", metavar="FILE", help="write the video with the boxes, landmarks and mouth drawn (MP4)")
+    tr.add_argument("--select", choices=["largest", "index"], help="as spec.face.select (default largest)")
+    tr.add_argument("--index", type=int, help="as spec.face.index")
+    tr.add_argument("--detector", choices=["haar", "haar-alt2", "yunet"], help="as spec.face.detector (default haar)")
+    tr.add_argument("--weights", help="as spec.face.weights: the YuNet ONNX file (a local path)")
+    tr.add_argument("--detect-every", type=int, help="as spec.face.detectEvery (default 5)")
+    tr.add_argument("--padding", type=float, help="as spec.face.padding (default 0.25)")
+    tr.set_defaults(func=cmd_track)
     return p
 
 

@@ -92,6 +92,23 @@ def _model_rules() -> list[dict[str, str]]:
     ]
 
 
+def _face_rules() -> list[dict[str, str]]:
+    return [
+        {
+            "rule": "!has(self.detector) || self.detector != 'yunet' || (has(self.weights) && size(self.weights) > 0)",
+            "message": "face detector 'yunet' needs spec.face.weights, the YuNet ONNX file",
+            "fieldPath": ".weights",
+            "reason": "FieldValueRequired",
+        },
+        {
+            "rule": "(has(self.detector) && self.detector == 'yunet') || !has(self.weights)",
+            "message": "spec.face.weights is only for detector: yunet",
+            "fieldPath": ".weights",
+            "reason": "FieldValueForbidden",
+        },
+    ]
+
+
 def _option_keys(model: str) -> list[str]:
     return sorted(info.alias or f for f, info in MODEL_OPTIONS[model].model_fields.items())
 
@@ -137,7 +154,7 @@ def _options_schema(description: str) -> dict[str, Any]:
 
 # CEL rules by pydantic model (JSON Schema $defs) name. Keep them in step with the model
 # validators in spec.py; tests/test_crd.py evaluates each rule against pydantic on samples.
-RULES: dict[str, list[dict[str, str]]] = {"ModelSpec": _model_rules() + _option_rules()}
+RULES: dict[str, list[dict[str, str]]] = {"ModelSpec": _model_rules() + _option_rules(), "FaceSpec": _face_rules()}
 
 
 def _options_help() -> str:
@@ -336,6 +353,10 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
      "description": "The lip-sync model."},
     {"name": "Stage", "type": "string", "jsonPath": ".status.stage", "priority": 1,
      "description": "The pipeline stage running now."},
+    {"name": "Pods", "type": "integer", "jsonPath": ".spec.parallelism", "priority": 1,
+     "description": "spec.parallelism: pods rendering at once."},
+    {"name": "Indices", "type": "integer", "jsonPath": ".status.indices.done", "priority": 1,
+     "description": "Indices (pods of the Indexed Job) that have rendered their share."},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1,
      "description": "Why the job failed (a reason code)."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -154,7 +154,8 @@ def spec_record(job: LipSyncJob) -> dict:
 
 def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
     # what the output depends on: not whether it may overwrite, not how the render is cut up
-    spec_json = job.spec.model_dump_json(by_alias=True, exclude={"output": {"overwrite"}, "render": True})
+    spec_json = job.spec.model_dump_json(by_alias=True, exclude={"output": {"overwrite"}, "render": True,
+                                                            "parallelism": True})
     return {
         "job": job.metadata.name,
         "namespace": job.metadata.namespace,

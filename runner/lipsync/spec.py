@@ -168,10 +168,26 @@ class FaceSpec(_Model):
         description="Margin added around the face box, as a fraction of its side; "
         "default 0.12 for wav2lip (trained on tight boxes that reach the chin), 0.25 otherwise.",
     )
-    detector: Literal["haar", "haar-alt2"] = Field(
-        "haar", description="Face detector, OpenCV cascades shipped in the wheel: haar (fastest) or haar-alt2 "
-        "(fewer false faces, tighter boxes, a little slower). Both are verified by an eye cascade.")
+    detector: Literal["haar", "haar-alt2", "yunet"] = Field(
+        "haar", description="Face detector: haar or haar-alt2 (OpenCV's cascades, shipped; every face verified by "
+        "its eyes), or yunet (OpenCV's YuNet from spec.face.weights: finds smaller and turned faces, and landmarks).")
+    weights: str | None = Field(
+        None, description=f"With detector=yunet: the YuNet ONNX file (face_detection_yunet_2023mar.onnx), {_URI_HELP}.")
     detect_every: int = Field(5, ge=1, le=100, description="Run the detector every N frames; track in between.")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v, field="spec.face.weights")
+
+    @model_validator(mode="after")
+    def _detector_weights(self) -> "FaceSpec":
+        if self.detector == "yunet" and not self.weights:
+            raise ValueError("face detector 'yunet' needs spec.face.weights, the YuNet ONNX file "
+                             "(face_detection_yunet_2023mar.onnx from OpenCV's model zoo)")
+        if self.detector != "yunet" and self.weights:
+            raise ValueError(f"spec.face.weights is only for detector: yunet; {self.detector!r} ships its own")
+        return self
 
 
 class TimingSpec(_Model):
@@ -198,6 +214,9 @@ class OutputSpec(_Model):
         return _check_uri(v, field="spec.output.uri")
 
 
+MAX_PARALLELISM = 64
+
+
 class RenderSpec(_Model):
     chunk_seconds: float = Field(
         10.0, ge=1.0, le=3600.0,
@@ -213,6 +232,11 @@ class LipSyncJobSpec(_Model):
     timing: TimingSpec = Field(default_factory=TimingSpec)
     render: RenderSpec = Field(default_factory=RenderSpec,
                                description="How the render is cut up: chunk length (resume and parallel work).")
+    parallelism: int = Field(
+        1, ge=1, le=MAX_PARALLELISM,
+        description="Pods that render the chunks at once (in a cluster): above 1 the operator runs an Indexed Job "
+                    "of this many pods, each rendering its share of the chunks (one GPU each for a GPU model), then "
+                    "one stitch step that joins them and publishes. Output pixels do not depend on it.")
     output: OutputSpec
 
     @field_validator("video", "audio")
@@ -253,6 +277,11 @@ class Condition(_Model):
     observed_generation: int | None = None
 
 
+class IndexCount(_Model):
+    done: int = Field(..., ge=0, description="Indices whose pod rendered its share.")
+    total: int = Field(..., ge=1, description="spec.parallelism.")
+
+
 class LipSyncJobStatus(_Model):
     """Written by the operator through the status subresource."""
 
@@ -272,6 +301,11 @@ class LipSyncJobStatus(_Model):
     spec_digest: str | None = Field(
         None, description="sha256 of the spec the Job renders; a later spec that differs is refused "
         "(Stalled=True, reason SpecImmutable) until it is reverted.")
+    indices: IndexCount | None = Field(
+        None, description="With spec.parallelism above 1: how many of the Indexed Job's pods (indices) have rendered "
+                          "their share of the chunks.")
+    stitch_job_name: str | None = Field(
+        None, description="With spec.parallelism above 1: the Job that joins the chunks and publishes, once created.")
     conditions: list[Condition] | None = Field(
         None, description="kstatus conditions Ready, Reconciling and Stalled, as Argo CD and Flux read them.")
 

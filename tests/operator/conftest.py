@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))  # the repository root: tests
 
 from kubesim import OBSERVED, Cluster, namespace_of, rbac_of  # noqa: E402
 
-from lipsync_operator.permissions import RULES, allows  # noqa: E402
+from lipsync_operator.permissions import LEASE_RULES, RULES, allows  # noqa: E402
 
 OPERATOR_ENV = {
     "LIPSYNC_RUNNER_IMAGE": "registry.example/lipsync:test",
@@ -45,6 +45,12 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
         # Every request the operator (kopf included) made must be allowed by the declared RBAC.
         made = [(m, p, need) for m, p, q in c.requests() if (need := rbac_of(m, p, q)) is not None]
         OBSERVED.update(need for _, _, need in made)
+        # The leader-election Lease lives in the operator's own namespace, under a Role of its own.
+        lease_ns = os.environ.get("LIPSYNC_LEASE_NAMESPACE")
+        in_lease_ns = [(m, p, need) for m, p, need in made if lease_ns and namespace_of(p) == lease_ns]
+        denied = sorted({(m, p, need) for m, p, need in in_lease_ns if not allows(*need, LEASE_RULES)})
+        assert not denied, f"requests in the Lease namespace not covered by permissions.LEASE_RULES: {denied}"
+        made = [r for r in made if r not in in_lease_ns]
         denied = sorted({(m, p, need) for m, p, need in made if not allows(*need, RULES)})
         assert not denied, f"requests not covered by permissions.RULES: {denied}"
         # ... and granted by a Role in a job namespace: no cluster-wide request, none elsewhere.

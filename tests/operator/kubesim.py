@@ -13,6 +13,8 @@ this module adds (kmock's docs invite subclassing for "special" fields):
   resourceVersion, which guards its finalizer changes, behaves as on a real server);
 * a failed JSON-patch ``test`` answers 422, as a real server does (kmock: 500), so kopf
   re-reads the object instead of retrying the stale patch;
+* a PUT or merge patch carrying a stale ``metadata.resourceVersion`` answers 409 (optimistic
+  concurrency);
 * ``pods/{name}/log``: served from :attr:`Cluster.logs` (kmock would return the pod object).
 
 What nothing here does (the tests play these parts through the API, as the real controllers
@@ -139,6 +141,8 @@ class ApiServer(kmock.KubernetesEmulator):
                 return await super()._handle(request)
             # One write at a time, so resourceVersions, stored versions and watch events share one order.
             async with self._write_lock:
+                if method in ("PUT", "PATCH"):
+                    self._check_precondition(request)
                 self.last_rv += 1
                 self._stamp(request, str(self.last_rv))
                 try:
@@ -148,6 +152,19 @@ class ApiServer(kmock.KubernetesEmulator):
                     raise KubernetesError(status=422, reason="Invalid", message=f"test operation failed: {e}") from None
         finally:
             self._inflight.discard(request)
+
+    def _check_precondition(self, request: Any) -> None:
+        """A PUT or merge patch naming a ``metadata.resourceVersion`` that is not the stored one: 409,
+        as on a real server (optimistic concurrency; kmock writes regardless). Leader election relies
+        on it."""
+        given = ((request.data or {}).get("metadata") or {}).get("resourceVersion") if isinstance(request.data, dict) else None
+        key = (request.resource, request.namespace, request.name)
+        if given and key in self.objects and not self.objects[key].deleted:
+            stored = str(self.objects[key].get("metadata", {}).get("resourceVersion"))
+            if stored != str(given):
+                raise KubernetesError(status=409, reason="Conflict", message=(
+                    f"Operation cannot be fulfilled on {request.name}: the object has been modified; "
+                    "please apply your changes to the latest version and try again"))
 
     def _stamp(self, request: Any, rv: str) -> None:
         data = request.data

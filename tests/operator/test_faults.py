@@ -8,6 +8,7 @@ the operator stopped while the cluster moves on.
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 from pathlib import Path
@@ -76,7 +77,9 @@ def test_conflict_on_kopfs_own_patch_does_not_strand_a_new_job(cluster, run_oper
         cr = cluster.create(CRS, lipsyncjob("lone"))
         the_job(cluster, cr)
         wait_status(cluster, "lone", phase="Pending", timeout=10)
-        assert refusals_left(cluster, "PATCH", f"{CR_PATH}/lone") == 0
+        cluster.wait(lambda: refusals_left(cluster, "PATCH", f"{CR_PATH}/lone") == 0, message="kopf's patch refused")
+        time.sleep(0.3)
+        assert len(cluster.list(JOBS, NS)) == 1
 
 
 # ---------------------------------------------------------------------------- operator down
@@ -255,3 +258,103 @@ def test_same_second_creations_start_in_creation_order_across_a_restart(cluster,
             prev = the_job(cluster, cr)
             time.sleep(0.3)
             assert len([j for j in cluster.list(JOBS, NS)]) == order.index(n) + 2  # only n's Job was added
+
+
+# ---------------------------------------------------------------------------- deletion, Kueue, replicas
+def test_delete_with_no_operator_running_does_not_hang(cluster, run_operator):
+    """No finalizer: a LipSyncJob (or its namespace) is deleted at once, operator or not (its Job's
+    ownerReference lets the garbage collector remove the Job); an operator that comes back
+    removes what the garbage collector would have."""
+    with run_operator():
+        cr = cluster.create(CRS, lipsyncjob("bye"))
+        job = the_job(cluster, cr)
+        start_pod(cluster, job)
+        wait_status(cluster, "bye", phase="Running")
+        assert not cluster.get(CRS, NS, "bye")["metadata"].get("finalizers")
+    assert cluster.delete(CRS, NS, "bye") == 200
+    assert cluster.get(CRS, NS, "bye") is None  # gone at once, nothing waits for an operator
+    with run_operator():
+        cluster.wait(lambda: cluster.get(JOBS, NS, job["metadata"]["name"]) is None, message="the orphaned Job deleted")
+
+
+def test_an_older_operators_finalizer_is_removed(cluster, run_operator):
+    """Objects made under an operator that used the lipsync.dev/cleanup finalizer lose it."""
+    obj = lipsyncjob("legacy")
+    obj["metadata"]["finalizers"] = ["lipsync.dev/cleanup"]
+    cluster.create(CRS, obj)
+    with run_operator():
+        cluster.wait(lambda: not cluster.get(CRS, NS, "legacy")["metadata"].get("finalizers"),
+                     message="the finalizer removed")
+    assert cluster.delete(CRS, NS, "legacy") == 200 and cluster.get(CRS, NS, "legacy") is None
+
+
+def env_of(job: dict) -> dict:
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    return json.loads(next(e["value"] for e in c["env"] if e["name"] == "LIPSYNC_JOB"))
+
+
+def test_kueue_edit_while_suspended_is_taken_then_refused_once_admitted(cluster, run_operator):
+    from lipsync_operator.jobs import job_name
+
+    with run_operator(LIPSYNC_KUEUE_QUEUE="gpu-queue"):
+        cr = cluster.create(CRS, lipsyncjob("kq"))
+        first = the_job(cluster, cr)
+        wait_status(cluster, "kq", phase="Queued", reason="WaitingForKueue")
+        cluster.patch(CRS, NS, "kq", {"spec": {"output": {"uri": "s3://media/out/kq-edited"}}})
+        st = wait_status(cluster, "kq", observedGeneration=2, jobName=job_name("kq", cr["metadata"]["uid"], 2))
+        assert st["phase"] == "Queued" and conds(st)["Stalled"][0] == "False" and "immutable" not in st["message"]
+        cluster.wait(lambda: cluster.get(JOBS, NS, first["metadata"]["name"]) is None, message="the old Job deleted")
+        (second,) = cluster.list(JOBS, NS)
+        assert second["spec"]["suspend"] is True
+        assert env_of(second)["spec"]["output"]["uri"] == "s3://media/out/kq-edited"
+        # Kueue admits it; it starts; an edit now is refused.
+        cluster.patch(JOBS, NS, second["metadata"]["name"], {"spec": {"suspend": False}})
+        start_pod(cluster, second)
+        wait_status(cluster, "kq", phase="Running")
+        cluster.patch(CRS, NS, "kq", {"spec": {"output": {"uri": "s3://media/out/kq-again"}}})
+        st = wait_status(cluster, "kq", observedGeneration=3)
+        assert conds(st)["Stalled"] == ("True", "SpecImmutable")
+        time.sleep(0.3)
+        assert [j["metadata"]["name"] for j in cluster.list(JOBS, NS)] == [second["metadata"]["name"]]
+
+
+def test_two_operators_at_once_one_acts(cluster, run_operator):
+    """Two replicas (leader election through a Lease): every Event once, one Job per LipSyncJob,
+    the budget held; when the leader stops, the other takes over."""
+    env = {"LIPSYNC_LEASE_NAMESPACE": "lipsync-system", "LIPSYNC_LEASE_SECONDS": "2", "LIPSYNC_GPU_BUDGET": "1",
+           "LIPSYNC_RESYNC_SECONDS": "1"}
+    first, second = run_operator(**env), run_operator(**env)
+    first.__enter__()
+    try:
+        with second:
+            crs = [cluster.create(CRS, lipsyncjob(f"two-{i}")) for i in range(3)]
+            job0 = the_job(cluster, crs[0])
+            for cr in crs[1:]:
+                wait_status(cluster, cr["metadata"]["name"], phase="Queued")
+            complete(cluster, job0)
+            wait_status(cluster, "two-0", phase="Succeeded")
+            job1 = the_job(cluster, crs[1])
+            time.sleep(0.5)
+            assert len(unfinished(cluster)) == 1
+            first.__exit__(None, None, None)  # one replica goes (the leader or not)
+            first = None
+            complete(cluster, job1)
+            wait_status(cluster, "two-1", phase="Succeeded", timeout=20)
+            the_job(cluster, crs[2])
+            time.sleep(0.5)
+    finally:
+        if first is not None:
+            first.__exit__(None, None, None)
+    assert job_posts(cluster) == 3 and len(cluster.list(JOBS, NS)) == 3
+    events = collections.Counter(
+        (e["involvedObject"]["name"], e["reason"]) for e in cluster.bodies("POST", f"/api/v1/namespaces/{NS}/events"))
+    assert events and max(events.values()) == 1, events
+    assert events["two-0", "JobCreated"] == events["two-1", "JobCreated"] == events["two-2", "JobCreated"] == 1
+    lease = cluster.get("coordination.k8s.io/v1/leases", "lipsync-system", "lipsync-operator")
+    assert lease["spec"]["holderIdentity"]
+
+
+def unfinished(cluster) -> list[dict]:
+    done = ("Complete", "Failed")
+    return [j for j in cluster.list(JOBS, NS)
+            if not any(c["type"] in done and c["status"] == "True" for c in (j.get("status") or {}).get("conditions") or [])]

@@ -17,8 +17,9 @@ PACKAGE = Path(lipsync_operator.__file__).parent
 
 def test_rules_are_kopfs_needs_plus_the_wrappers_declarations():
     declared = kube.declared_access()
-    own = {(g, r, v) for g, r, v, _ in permissions.OPERATOR_NEEDS}
-    assert own == declared, "permissions.OPERATOR_NEEDS must equal the @needs declarations in kube.py"
+    own = {(g, r, v) for g, r, v, _ in permissions.OPERATOR_NEEDS + permissions.LEASE_NEEDS}
+    assert own == declared, "permissions.OPERATOR_NEEDS + LEASE_NEEDS must equal the @needs declarations in kube.py"
+    assert permissions.LEASE_RULES == permissions.merge_rules(permissions.LEASE_NEEDS)
     assert permissions.RULES == permissions.merge_rules(permissions.KOPF_NEEDS + permissions.OPERATOR_NEEDS)
 
 
@@ -73,5 +74,5 @@ def test_every_rule_was_needed_by_the_running_operator():
         pytest.skip("no end-to-end test ran in this session")
     # Not observable here: the admission plugin's check behind blockOwnerDeletion.
     unobservable = {("lipsync.dev", "lipsyncjobs/finalizers", "update")}
-    declared = {(g, r, v) for g, r, v, _ in permissions.KOPF_NEEDS + permissions.OPERATOR_NEEDS}
+    declared = {(g, r, v) for g, r, v, _ in permissions.KOPF_NEEDS + permissions.OPERATOR_NEEDS + permissions.LEASE_NEEDS}
     assert declared - unobservable <= OBSERVED, f"declared but never used: {declared - unobservable - OBSERVED}"

@@ -13,17 +13,25 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..errors import InvalidWeights
 from ..spec import FaceSpec
+from . import faces
+from .faces import Face, grey
 
-ANALYSIS_SIDE = 640  # the longer side of the frames the face detector sees
+ANALYSIS_SIDE = 1280  # the longer side of the frames the face detector sees (a 4 % face: 51 px)
+MIN_FACE = 0.015  # the smallest face searched for, as a fraction of the analysis frame's longer side
+MOUTH_BELOW_EYES = 1.0  # mouth centre below the eyes' midpoint, in eye distances (measured on the astronaut)
+EYE_LINE_NOISE = float(np.radians(4.0))  # eye-line slope taken as detector noise
+FOLLOW_FACE = 32  # px: the face's width in the patch followed from frame to frame between detections
+FOLLOW_MATCH = 0.6  # normalised correlation from which the followed patch is taken as found
+STILL = 2.0  # grey levels: no 32 px block's mean moved more than this, the frame is unchanged
 CUT_THRESHOLD = 30.0  # mean absolute difference of 64x36 grey thumbnails, 0-255
-CONFIDENT = 3.0  # the face cascade's level weight above which a box stands without eyes found
-_CASCADES: dict[str, cv2.CascadeClassifier] = {}
 
 
 @dataclass(frozen=True)
@@ -53,11 +61,34 @@ class Box:
 
 @dataclass(frozen=True)
 class CropBox:
-    """A square crop window in full-resolution pixels; may reach past the frame's edges."""
+    """A square crop window in full-resolution pixels; may reach past the frame's edges.
+
+    ``landmarks``: the face's points in this frame, full-resolution (x, y): the person's right
+    eye, left eye, then (YuNet) nose tip, right and left mouth corner; empty when the detector
+    gives none. ``mouth`` is read from them.
+    """
 
     x: int
     y: int
     size: int
+    landmarks: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def mouth(self) -> tuple[float, float] | None:
+        """The mouth's centre (full-resolution pixels): between the mouth corners when known, else
+        one eye distance below the eyes' midpoint, square to the line through the eyes (a tilted
+        head tilts it; slopes under 4° count as level). None without landmarks."""
+        pts = self.landmarks
+        if len(pts) >= 5:
+            return ((pts[3][0] + pts[4][0]) / 2, (pts[3][1] + pts[4][1]) / 2)
+        if len(pts) >= 2:
+            (rx, ry), (lx, ly) = pts[0], pts[1]
+            d, angle = float(np.hypot(lx - rx, ly - ry)), float(np.arctan2(ly - ry, lx - rx))
+            # a few degrees of eye-line slope are the eye detector's noise, not a tilted head
+            angle -= float(np.clip(angle, -EYE_LINE_NOISE, EYE_LINE_NOISE))
+            down = MOUTH_BELOW_EYES * d
+            return ((rx + lx) / 2 - down * float(np.sin(angle)), (ry + ly) / 2 + down * float(np.cos(angle)))
+        return None
 
 
 @dataclass
@@ -66,6 +97,9 @@ class Scan:
     detections: dict[int, Box | None]  # frame index -> the selected face (None: looked, none found)
     cuts: list[int]  # frame indices where a new shot starts (0 always)
     detector_calls: int
+    landmarks: dict[int, tuple[tuple[float, float], ...]] = field(default_factory=dict)  # of detections, full-res
+    followed: dict[int, tuple[float, float]] = field(default_factory=dict)  # face centre between detections, full-res
+    searches: int = 0  # whole-frame searches (the expensive part of ``detector_calls``)
 
 
 def analysis_size(width: int, height: int) -> tuple[tuple[int, int], float]:
@@ -75,77 +109,24 @@ def analysis_size(width: int, height: int) -> tuple[tuple[int, int], float]:
     return (w, h), width / w
 
 
-CASCADES = {  # spec.face.detector -> OpenCV's cascade file (shipped in opencv-python-headless 4.x)
-    "haar": "haarcascade_frontalface_default.xml",  # the fastest
-    "haar-alt2": "haarcascade_frontalface_alt2.xml",  # fewer false faces, tighter boxes, a little slower
-}
+def _box(f: Face, scale: float) -> Box:
+    return Box(f.x * scale, f.y * scale, f.w * scale, f.h * scale)
 
 
-def _cascade(name: str) -> cv2.CascadeClassifier:
-    if name not in _CASCADES:
-        _CASCADES[name] = cv2.CascadeClassifier(cv2.data.haarcascades + name)
-    return _CASCADES[name]
+def detect_faces(gray: np.ndarray, scale: float, detector: str = "haar", weights: Path | None = None) -> list[Box]:
+    """Faces in an analysis frame (grey (H, W) or BGR), in full-resolution pixels (``scale`` = full / small)."""
+    g = grey(gray)
+    min_side = int(MIN_FACE * max(g.shape[:2]))
+    return [_box(f, scale) for f in faces.detector(detector, weights).detect(g, min_side)]
 
 
-def _eyes(gray: np.ndarray, x: int, y: int, w: int, h: int) -> int:
-    """How many eyes the eye cascade sees in the upper part of a face box (enlarged to 120 px)."""
-    roi = gray[max(0, y):y + int(0.6 * h), max(0, x):x + w]
-    if roi.size == 0:
-        return 0
-    roi = cv2.resize(roi, (120, max(1, int(120 * roi.shape[0] / roi.shape[1]))))
-    return len(_cascade("haarcascade_eye.xml").detectMultiScale(roi, scaleFactor=1.1, minNeighbors=3, minSize=(12, 12)))
-
-
-def _faces(gray: np.ndarray, offset: tuple[int, int], scale: float, detector: str, **kw: object) -> list[Box]:
-    """Verified face boxes in ``gray`` (a frame or a window of one at ``offset``), full-res pixels.
-
-    The face cascade alone also fires on face-like texture (collars, patterned clothes), and such a
-    box can be larger than the real face. Faces are kept when the eye cascade finds both eyes in
-    them; if none qualifies, the boxes the cascade itself is confident of are kept.
-    """
-    eq = cv2.equalizeHist(gray)
-    boxes, _, weights = _cascade(CASCADES[detector]).detectMultiScale3(eq, scaleFactor=1.1, minNeighbors=5, outputRejectLevels=True, **kw)
-    found = list(zip((tuple(int(v) for v in b) for b in boxes), (float(w) for w in weights)))
-    kept = [b for b, _ in found if _eyes(eq, *b) >= 2]
-    if not kept:  # eyes too small or hidden (glasses, light): the cascade's confident boxes stand
-        kept = [b for b, weight in found if weight >= CONFIDENT]
-    ox, oy = offset
-    return [Box((x + ox) * scale, (y + oy) * scale, w * scale, h * scale) for (x, y, w, h) in kept]
-
-
-def detect_faces(gray: np.ndarray, scale: float, detector: str = "haar") -> list[Box]:
-    """Faces in a small grey frame, in full-resolution pixels (``scale`` = full / small)."""
-    min_side = max(24, int(min(gray.shape) * 0.06))
-    return _faces(gray, (0, 0), scale, detector, minSize=(min_side, min_side))
-
-
-def detect_near(gray: np.ndarray, scale: float, near: Box, detector: str = "haar") -> list[Box]:
-    """Faces of about ``near``'s size in a window around it (full-resolution pixels in and out).
-
-    Tracking a face from one detection to the next needs no full-frame search: the window and
-    the narrow range of sizes make this several times cheaper than ``detect_faces``.
-    """
-    side = max(near.w, near.h) / scale
-    h, w = gray.shape
-    x0, y0 = int(max(0, near.x / scale - side)), int(max(0, near.y / scale - side))
-    x1, y1 = int(min(w, (near.x + near.w) / scale + side)), int(min(h, (near.y + near.h) / scale + side))
-    lo, hi = max(12, int(0.6 * side)), int(1.7 * side) + 1
-    if x1 - x0 < lo or y1 - y0 < lo:
-        return []
-    return _faces(gray[y0:y1, x0:x1], (x0, y0), scale, detector, minSize=(lo, lo), maxSize=(hi, hi))
-
-
-def select_face(faces: list[Box], face: FaceSpec, previous: Box | None) -> Box | None:
-    """The face to sync: the one continuing the previous box if any, else by the spec's rule."""
-    if not faces:
+def select_face(found: list[Box], face: FaceSpec) -> Box | None:
+    """The face the spec's rule picks among ``found``: the largest, or the index-th from the left."""
+    if not found:
         return None
-    if previous is not None:
-        best = max(faces, key=previous.iou)
-        if previous.iou(best) > 0.2:
-            return best
     if face.select == "largest":
-        return max(faces, key=lambda b: b.w * b.h)
-    ordered = sorted(faces, key=lambda b: b.cx)
+        return max(found, key=lambda b: b.w * b.h)
+    ordered = sorted(found, key=lambda b: b.cx)
     return ordered[face.index] if face.index < len(ordered) else None
 
 
@@ -153,8 +134,30 @@ def _thumb(gray: np.ndarray) -> np.ndarray:
     return cv2.resize(gray, (64, 36), interpolation=cv2.INTER_AREA).astype(np.int16)
 
 
-def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec) -> Scan:
-    """One pass over small analysis frames: (H, W) grey or (H, W, 3) BGR uint8."""
+SAME_PERSON = 0.5  # appearance similarity (see faces.appearance) from which a face is the selected person
+
+
+def face_weights(face: FaceSpec) -> Path | None:
+    """``spec.face.weights`` as a local file, when it is one (fetched URIs are handed to ``scan``)."""
+    if face.weights is None:
+        return None
+    if "://" in face.weights:
+        raise InvalidWeights(f"spec.face.weights {face.weights!r} must be fetched before the track runs; "
+                             "this runner reads the detector's weights from a local path only", stage="track")
+    return Path(face.weights.removeprefix("file:"))
+
+
+def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Path | None = None) -> Scan:
+    """One pass over analysis frames: grey uint8 (H, W) or BGR (H, W, 3), ``scale`` = full / analysis.
+
+    Who is followed (``spec.face.select``): the rule (largest, or the index-th from the left)
+    picks a person the first time faces are found; from then on that person is followed, by
+    position from one detection to the next, and by appearance when re-found after leaving the
+    frame, behind an occlusion or after a scene cut. Frames where only other people are visible
+    get no box (they pass through untouched). ``weights``: the detector's weights file (YuNet),
+    when ``spec.face.weights`` was fetched; else a local ``spec.face.weights`` is read.
+    """
+    det = faces.detector(face.detector, weights if weights is not None else face_weights(face))
     every = face.detect_every
     detections: dict[int, Box | None] = {}
     cuts: list[int] = []
@@ -162,36 +165,101 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec) -> Scan:
     buffer: deque[tuple[int, np.ndarray]] = deque(maxlen=every)
     prev_thumb: np.ndarray | None = None
     last_key: int | None = None
-    previous: Box | None = None
+    previous: Face | None = None  # the selected face where last seen in this shot (analysis pixels)
+    lost = True  # the last detection did not find the selected face (or a new shot began)
+    look: np.ndarray | None = None  # the selected person's appearance, once chosen
+    landmarks: dict[int, tuple[tuple[float, float], ...]] = {}
+    followed: dict[int, tuple[float, float]] = {}
+    patch: tuple[np.ndarray, float] | None = None  # the last detected face (grey, shrunk by the factor)
+    newest = 0  # the latest frame seen: only a detection there renews the patch
+    ahead: Face | None = None  # where the patch was followed to in the frame before this one (analysis pixels)
+    searches = 0  # whole-frame searches
+    empty: np.ndarray | None = None  # block means of the last frame a whole-frame search found no face in
 
     def detect(i: int, gray: np.ndarray) -> Box | None:
-        nonlocal calls, previous
+        nonlocal calls, previous, lost, look, patch, ahead, searches, empty
         calls += 1
-        # Near the last face: only a box that continues it; anything else needs the whole frame,
-        # where the selection rule (largest, index from the left) sees every face.
-        near = detect_near(gray, scale, previous, face.detector) if previous is not None else []
-        faces = [f for f in near if previous is not None and f.iou(previous) > 0.2]
-        box = select_face(faces or detect_faces(gray, scale, face.detector), face, previous)
+        chosen: Face | None = None
+        if previous is not None:  # near the last face: only a box that continues it
+            p = previous
+            if ahead is not None and not lost:  # first where the patch was followed to, at about its size
+                a = ahead
+                near = [f for f in det.detect_near(gray, (a.x, a.y, a.w, a.h), 0.4, (0.8, 1.3)) if faces.iou(f, a) > 0.3]
+                chosen = max(near, key=lambda f: faces.iou(f, a), default=None)
+            ahead = None
+            if chosen is None:
+                near = [f for f in det.detect_near(gray, (p.x, p.y, p.w, p.h)) if faces.iou(f, p) > 0.2]
+                chosen = max(near, key=lambda f: faces.iou(f, p), default=None)
+            if chosen is not None and lost and not _same(gray, chosen, look):
+                chosen = None  # someone else stepped into the place where the person left
+        if chosen is None:  # the whole frame: the person anywhere, or the rule's first choice
+            blocks = _blocks(gray)
+            # nothing moved anywhere since a whole-frame search found nobody to follow: still nobody
+            if not (empty is not None and empty.shape == blocks.shape and float(np.abs(blocks - empty).max()) < STILL):
+                searches += 1
+                found = det.detect(gray, int(MIN_FACE * max(gray.shape[:2])))
+                if look is None:
+                    pick = select_face([_box(f, 1.0) for f in found], face)
+                    chosen = next((f for f in found if pick is not None and _box(f, 1.0) == pick), None)
+                else:
+                    scored = [(float(d @ look), f) for f in found
+                              if (d := faces.appearance(gray, f.x, f.y, f.w, f.h)) is not None]
+                    chosen = max((sf for sf in scored if sf[0] >= SAME_PERSON), key=lambda sf: sf[0], default=(0.0, None))[1]
+                empty = blocks if chosen is None else None
+        if chosen is not None:
+            d = faces.appearance(gray, chosen.x, chosen.y, chosen.w, chosen.h)
+            if d is not None:
+                look = d if look is None else _unit(0.8 * look + 0.2 * d)
+            previous = chosen
+        lost = chosen is None
+        box = None if chosen is None else _box(chosen, scale)
         detections[i] = box
-        previous = box if box is not None else previous
+        landmarks.pop(i, None)
+        if chosen is not None and chosen.landmarks:
+            landmarks[i] = tuple((px * scale, py * scale) for px, py in chosen.landmarks)
+        if chosen is not None and i >= newest:
+            patch = _patch(gray, chosen)
         return box
+
+    def follow(i: int, gray: np.ndarray) -> None:
+        """Between detections: where the last detected face's patch is now (its centre, full-res)."""
+        nonlocal ahead
+        ahead = None
+        if patch is None or previous is None or lost:
+            return
+        tmpl, k = patch
+        p = previous
+        side = max(p.w, p.h)
+        x0, y0 = int(max(0, p.x - 0.5 * side)), int(max(0, p.y - 0.5 * side))
+        x1, y1 = int(min(gray.shape[1], p.x + p.w + 0.5 * side)), int(min(gray.shape[0], p.y + p.h + 0.5 * side))
+        win = cv2.resize(gray[y0:y1, x0:x1], None, fx=k, fy=k, interpolation=cv2.INTER_AREA) if y1 > y0 and x1 > x0 else None
+        if win is None or win.shape[0] < tmpl.shape[0] or win.shape[1] < tmpl.shape[1]:
+            return
+        res = cv2.matchTemplate(win, tmpl, cv2.TM_CCOEFF_NORMED)
+        _, best, _, (mx, my) = cv2.minMaxLoc(res)
+        if best >= FOLLOW_MATCH:
+            fx, fy = x0 + mx / k, y0 + my / k
+            followed[i] = ((fx + p.w / 2) * scale, (fy + p.h / 2) * scale)
+            ahead = Face(fx, fy, p.w, p.h, best)
 
     def keyframe(i: int, gray: np.ndarray) -> None:
         """Detect at ``i``; where the answer changed since the last keyframe (the face came or
         went in between), detect on every frame in between to find the change exactly."""
-        nonlocal last_key
+        nonlocal last_key, previous, lost
         before = detections.get(last_key) if last_key is not None else None
         now = detect(i, gray)
         if last_key is not None and (before is None) != (now is None):
+            state, ahead = (previous, lost), None
             for j, g in buffer:
                 if last_key < j < i:
                     detect(j, g)
+            previous, lost = state  # the next detection continues from frame i, not from the frames before it
         last_key = i
 
     n = 0
     for i, frame in enumerate(frames):
         n = i + 1
-        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        gray = grey(frame)
         thumb = _thumb(gray)
         is_cut = prev_thumb is None or float(np.abs(thumb - prev_thumb).mean()) > CUT_THRESHOLD
         prev_thumb = thumb
@@ -199,14 +267,43 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec) -> Scan:
             if buffer and buffer[-1][0] != last_key:
                 keyframe(*buffer[-1])  # the old shot's last frame anchors its tail
             cuts.append(i)
-            previous, last_key = None, None
+            previous, last_key, lost, ahead, empty = None, None, True, None, None
             buffer.clear()
+        newest = i
         if is_cut or i % every == 0:
             keyframe(i, gray)
+        else:
+            follow(i, gray)
         buffer.append((i, gray))
     if buffer and buffer[-1][0] != last_key:
         keyframe(*buffer[-1])  # the last frame anchors the tail
-    return Scan(n, detections, cuts or [0], calls)
+    return Scan(n, detections, cuts or [0], calls, landmarks, {k: v for k, v in followed.items() if k not in detections},
+                searches)
+
+
+def _patch(gray: np.ndarray, f: Face) -> tuple[np.ndarray, float] | None:
+    """The face's box, shrunk so the face is ``FOLLOW_FACE`` px wide, and the factor."""
+    k = min(1.0, FOLLOW_FACE / max(1.0, f.w))
+    x0, y0, x1, y1 = int(max(0, f.x)), int(max(0, f.y)), int(min(gray.shape[1], f.x + f.w)), int(min(gray.shape[0], f.y + f.h))
+    if x1 - x0 < 8 or y1 - y0 < 8:
+        return None
+    return cv2.resize(gray[y0:y1, x0:x1], None, fx=k, fy=k, interpolation=cv2.INTER_AREA), k
+
+
+def _blocks(gray: np.ndarray) -> np.ndarray:
+    """Mean grey of 8×8 px blocks of a quarter-size copy (32 px of the analysis frame each)."""
+    h, w = gray.shape[:2]
+    q = cv2.resize(gray, (max(8, w // 4) // 8 * 8, max(8, h // 4) // 8 * 8), interpolation=cv2.INTER_AREA)
+    return q.reshape(q.shape[0] // 8, 8, q.shape[1] // 8, 8).mean(axis=(1, 3))
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(1e-9, float(np.linalg.norm(v)))
+
+
+def _same(gray: np.ndarray, f: Face, look: np.ndarray | None) -> bool:
+    d = faces.appearance(gray, f.x, f.y, f.w, f.h)
+    return look is None or d is None or float(d @ look) >= SAME_PERSON
 
 
 def _shots(cuts: list[int], n: int) -> list[tuple[int, int]]:
@@ -266,17 +363,60 @@ def build_track(sc: Scan, *, fps: float, padding: float, every: int) -> list[Cro
     track: list[CropBox | None] = [None] * sc.frames
     window = max(3, int(round(fps * 0.3)) | 1)
     keys = sorted(sc.detections)
+    marks = sorted(sc.landmarks)
     for start, end in _shots(sc.cuts, sc.frames):
         boxes = _fill(sc.detections, keys, start, end, bridge=3 * every)
         for a, b in _runs(boxes):
             run = [bx for bx in boxes[a:b] if bx is not None]
-            cx = _smooth(np.array([bx.cx for bx in run]), window)
-            cy = _smooth(np.array([bx.cy for bx in run]), window)
+            # between detections, the centre where the face's patch was followed to, else the line
+            centres = [sc.followed.get(start + a + k, (bx.cx, bx.cy)) for k, bx in enumerate(run)]
+            cx = _smooth(np.array([c[0] for c in centres]), window)
+            cy = _smooth(np.array([c[1] for c in centres]), window)
             side = float(np.median([max(bx.w, bx.h) for bx in run])) * (1 + 2 * padding)
             size = int(round(side / 2)) * 2
+            points = _landmarks(sc, marks, start + a, run, centres)
             for k, (x, y) in enumerate(zip(cx, cy)):
-                track[start + a + k] = CropBox(int(round(x - size / 2)), int(round(y - size / 2)), size)
+                track[start + a + k] = CropBox(int(round(x - size / 2)), int(round(y - size / 2)), size, points[k])
     return track
+
+
+def _landmarks(sc: Scan, marks: list[int], first: int, run: list[Box], centres: list[tuple[float, float]]
+               ) -> list[tuple[tuple[float, float], ...]]:
+    """Per-frame landmarks for one run of boxes starting at frame ``first``.
+
+    Between two detections with landmarks: interpolated (a zoom or a turn is smooth), then moved
+    by how far the followed face is from the interpolated path (a sudden move is not). Before the
+    run's first or after its last: the nearest detection's, moved with the face. Unsmoothed, so
+    they never lag or lead the face.
+    """
+    n = len(run)
+    inside = marks[bisect_left(marks, first):bisect_left(marks, first + n)]
+    if not inside:
+        return [()] * n
+    out: list[tuple[tuple[float, float], ...]] = []
+    pos = 0  # inside[pos - 1] <= frame < inside[pos]
+    for k in range(n):
+        j = first + k
+        while pos < len(inside) and inside[pos] <= j:
+            pos += 1
+        lo = inside[pos - 1] if pos > 0 else None
+        hi = inside[pos] if pos < len(inside) else None
+        if lo == j:
+            out.append(sc.landmarks[j])
+            continue
+        cx, cy = centres[k]
+        if lo is not None and hi is not None and len(sc.landmarks[lo]) == len(sc.landmarks[hi]):
+            t = (j - lo) / (hi - lo)
+            pts = [(u[0] + t * (v[0] - u[0]), u[1] + t * (v[1] - u[1])) for u, v in zip(sc.landmarks[lo], sc.landmarks[hi])]
+            (ax, ay), (bx, by) = centres[lo - first], centres[hi - first]
+            dx, dy = cx - (ax + t * (bx - ax)), cy - (ay + t * (by - ay))
+        else:
+            near = lo if lo is not None else hi
+            assert near is not None
+            pts = list(sc.landmarks[near])
+            dx, dy = cx - centres[near - first][0], cy - centres[near - first][1]
+        out.append(tuple((px + dx, py + dy) for px, py in pts))
+    return out
 
 
 def jitter(track: list[CropBox | None]) -> float:
@@ -287,3 +427,48 @@ def jitter(track: list[CropBox | None]) -> float:
         if a is not None and b is not None and a.size == b.size
     ]
     return round(float(np.mean(steps)), 5) if steps else 0.0
+
+
+def to_json(sc: Scan, boxes: list[CropBox | None], *, width: int, height: int, fps: float, face: FaceSpec,
+            padding: float) -> dict:
+    """The track as a JSON-ready dict: what the render will crop, per frame, and why.
+
+    ``frames[i]``: null (the frame passes through) or ``{"box": [x, y, size], "landmarks":
+    [[x, y], ...], "mouth": [x, y] | null}``, full-resolution pixels; ``detections``: the
+    detector's own boxes ``[x, y, w, h]`` (null: looked, found no selected face) by frame;
+    ``cuts``: the frames where a shot starts.
+    """
+    def r(v: float) -> float:
+        return round(float(v), 2)
+
+    return {
+        "version": 1,
+        "width": width, "height": height, "fps": fps, "frames_total": sc.frames,
+        "face": face.model_dump(by_alias=True, exclude_none=True, mode="json"), "padding": padding,
+        "cuts": list(sc.cuts), "detector_calls": sc.detector_calls,
+        "detections": {str(k): (None if b is None else [r(b.x), r(b.y), r(b.w), r(b.h)])
+                       for k, b in sorted(sc.detections.items())},
+        "frames": [None if b is None else {
+            "box": [b.x, b.y, b.size],
+            "landmarks": [[r(x), r(y)] for x, y in b.landmarks],
+            "mouth": None if b.mouth is None else [r(v) for v in b.mouth],
+        } for b in boxes],
+        "jitter": jitter(boxes),
+    }
+
+
+BOX_COLOUR, MOUTH_COLOUR, POINT_COLOUR = (0, 255, 0), (0, 0, 255), (255, 255, 0)  # BGR
+
+
+def draw(frame: np.ndarray, box: CropBox | None) -> np.ndarray:
+    """``frame`` (BGR, full resolution) with the crop box (green), its landmarks (cyan) and the
+    mouth centre (red) drawn on it, in place; unchanged where ``box`` is None."""
+    if box is None:
+        return frame
+    t = max(2, frame.shape[1] // 480)
+    cv2.rectangle(frame, (box.x, box.y), (box.x + box.size - 1, box.y + box.size - 1), BOX_COLOUR, t)
+    for px, py in box.landmarks:
+        cv2.circle(frame, (int(round(px)), int(round(py))), 2 * t, POINT_COLOUR, -1)
+    if box.mouth is not None:
+        cv2.drawMarker(frame, (int(round(box.mouth[0])), int(round(box.mouth[1]))), MOUTH_COLOUR, cv2.MARKER_CROSS, 8 * t, t)
+    return frame

@@ -1,0 +1,251 @@
+"""spec.parallelism > 1: one Indexed Job whose pods each render a share of the chunks, then a
+stitch Job that joins them and publishes (issue 15). Unit tests of the manifests and the budget,
+then the real operator against the emulated API server, the tests playing the Job controller."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from kubesim import CRS, JOBS, NS, PODS, lipsyncjob, now_iso
+from test_operator import conds, result_json, status_of, the_job, wait_status
+
+from lipsync.errors import PERMANENT_EXIT_CODES, REASONS
+from lipsync.spec import parse_job
+from lipsync_operator.jobs import (
+    COMPLETION_INDEX, GPU_LABEL, STEP_LABEL, gpu_slots, job_manifest, job_name, stitch_job_name,
+)
+from lipsync_operator.queue import Candidate, JobFact, plan
+from lipsync_operator.settings import Settings
+
+UID = "0b6c3a0e-6f0c-4a4e-9d6e-1b1d2f0e9a11"
+
+
+def parsed(parallelism=3, **model):
+    return parse_job({
+        "apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
+        "metadata": {"name": "long-talk", "namespace": "renders", "uid": UID},
+        "spec": {"video": "s3://media/a.mp4", "audio": "s3://media/a.wav", "parallelism": parallelism,
+                 "model": {"name": "wav2lip", "weights": "s3://models/w.pth", **model},
+                 "output": {"uri": "s3://media/out/a"}},
+    })
+
+
+def settings(**kw):
+    return Settings(runner_image="img:1", **kw)
+
+
+def runner(manifest):
+    return manifest["spec"]["template"]["spec"]["containers"][0]
+
+
+# ---------------------------------------------------------------------------- manifests (pure)
+def test_parallelism_makes_an_indexed_job_with_per_index_retries_and_the_same_failure_policy():
+    one = job_manifest(parsed(1), settings())
+    many = job_manifest(parsed(3), settings(backoff_limit=4))
+    spec = many["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    assert spec["backoffLimitPerIndex"] == 4 and spec["maxFailedIndexes"] == 0
+    assert "backoffLimit" not in spec  # with backoffLimitPerIndex the per-index limit governs
+    assert spec["podFailurePolicy"] == one["spec"]["podFailurePolicy"]
+    assert runner(many)["args"][-2:] == ["--shard", "auto/3"]
+    assert runner(many)["resources"]["limits"]["nvidia.com/gpu"] == "1"  # per pod
+    assert many["metadata"]["name"] == job_name("long-talk", UID)
+    assert many["metadata"]["labels"][STEP_LABEL] == "render"
+    # parallelism 1 is exactly the Job of before: no Indexed mode, no shard, backoffLimit kept.
+    assert "completionMode" not in one["spec"] and "--shard" not in runner(one)["args"]
+    assert (one["spec"]["completions"], one["spec"]["parallelism"], one["spec"]["backoffLimit"]) == (1, 1, 3)
+
+
+def test_stitch_job_runs_the_plain_runner_without_a_gpu_unless_cuda_is_demanded():
+    stitch = job_manifest(parsed(3), settings(), step="stitch")
+    assert stitch["metadata"]["name"] == stitch_job_name("long-talk", UID) != job_name("long-talk", UID)
+    assert "completionMode" not in stitch["spec"] and stitch["spec"]["completions"] == 1
+    assert "--shard" not in runner(stitch)["args"]
+    assert "nvidia.com/gpu" not in runner(stitch)["resources"].get("limits", {})
+    assert {"name": "CUDA_VISIBLE_DEVICES", "value": ""} in runner(stitch)["env"]
+    assert stitch["metadata"]["labels"][GPU_LABEL] == "false" and stitch["metadata"]["labels"][STEP_LABEL] == "stitch"
+    cuda = job_manifest(parsed(3, options={"device": "cuda"}), settings(), step="stitch")
+    assert runner(cuda)["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert len(stitch_job_name("x" * 253, UID)) <= 63
+
+
+def test_gpu_slots_count_pods():
+    assert gpu_slots(parsed(3)) == 3
+    assert gpu_slots(parsed(3, options={"device": "cpu"})) == 0
+
+
+# ---------------------------------------------------------------------------- the budget (pure)
+def cand(name, t, slots=1):
+    return Candidate(namespace="ns", name=name, uid=f"uid-{name}", created=f"2026-01-01T00:00:{t:02d}Z",
+                     gpu=True, slots=slots)
+
+
+def test_budget_counts_gpu_pods_and_a_wide_job_is_not_overtaken():
+    running = [JobFact(namespace="ns", name="lipsync-r", owner="r", uid="uid-r", gpu=True, finished=False, slots=3)]
+    p = plan([cand("a", 1), cand("b", 2, slots=2), cand("c", 3)], running, budget=5)
+    assert p.running == 3
+    assert [c.name for c in p.start] == ["a"] and [c.name for c in p.wait] == ["b", "c"]  # b needs 2, 1 is free
+    p = plan([cand("b", 2, slots=2), cand("c", 3)], running, budget=5)
+    assert [c.name for c in p.start] == ["b"]
+    done = [JobFact(namespace="ns", name="lipsync-r", owner="r", uid="uid-r", gpu=True, finished=True, slots=3)]
+    assert plan([cand("b", 2, slots=2)], done, budget=2).running == 0
+
+
+# ---------------------------------------------------------------------------- the operator (emulated API)
+def index_pod(cluster, job, index, attempt=1):
+    """The Job controller's part for an Indexed Job: a pod for one index, running."""
+    meta = job["metadata"]
+    labels = dict(job["spec"]["template"]["metadata"]["labels"])
+    labels.update({"batch.kubernetes.io/job-name": meta["name"], COMPLETION_INDEX: str(index)})
+    return cluster.create(PODS, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{meta['name']}-{index}-{attempt}", "namespace": NS, "labels": labels,
+                     "annotations": {COMPLETION_INDEX: str(index)}},
+        "spec": job["spec"]["template"]["spec"],
+        "status": {"phase": "Running", "containerStatuses": [
+            {"name": "runner", "ready": True, "state": {"running": {"startedAt": now_iso()}}}]},
+    })
+
+
+def end(cluster, pod, code, message=""):
+    cluster.patch(PODS, NS, pod["metadata"]["name"], {"status": {
+        "phase": "Succeeded" if code == 0 else "Failed",
+        "containerStatuses": [{"name": "runner", "ready": False, "state": {"terminated": {
+            "exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
+            "finishedAt": now_iso()}}}]}}, sub="status")
+
+
+def job_status(cluster, job, **st):
+    cluster.patch(JOBS, NS, job["metadata"]["name"], {"status": st}, sub="status")
+
+
+def partial(name):  # what `lipsync run --shard` writes as its result: nothing published
+    return json.dumps({"phase": "Succeeded", "message": "chunks rendered", "status": "partial"})
+
+
+def test_parallelism_3_is_one_indexed_job_taking_3_budget_slots(cluster, run_operator):
+    with run_operator(LIPSYNC_GPU_BUDGET="4"):
+        cr = cluster.create(CRS, lipsyncjob("wide", parallelism=3))
+        job = the_job(cluster, cr)
+        st = wait_status(cluster, "wide", phase="Pending")
+        assert st["indices"] == {"done": 0, "total": 3}
+        one = the_job(cluster, cluster.create(CRS, lipsyncjob("one")))  # the 4th slot
+        time.sleep(0.05)
+        cluster.create(CRS, lipsyncjob("two"))
+        time.sleep(0.05)
+        cluster.create(CRS, lipsyncjob("pair", parallelism=2))
+        wait_status(cluster, "two", phase="Queued")
+        wait_status(cluster, "pair", phase="Queued")
+        cluster.create(CRS, lipsyncjob("five", parallelism=5))  # more GPUs than the whole budget
+        too_wide = wait_status(cluster, "five", phase="Failed")
+        time.sleep(0.3)
+        assert len(cluster.list(JOBS, NS)) == 2
+        # The 1-pod job ends: one slot frees, "two" (older) takes it; "pair" still needs 2.
+        end(cluster, index_pod(cluster, one, 0), 0, result_json(name="one"))
+        job_status(cluster, one, active=0, succeeded=1, completionTime=now_iso(),
+                   conditions=[{"type": "Complete", "status": "True", "lastTransitionTime": now_iso()}])
+        wait_status(cluster, "one", phase="Succeeded")
+        wait_status(cluster, "two", phase="Pending")
+        time.sleep(0.3)
+        assert status_of(cluster, "pair")["phase"] == "Queued"
+        assert len(cluster.list(JOBS, NS)) == 3
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--shard", "auto/3"]
+    assert too_wide["reason"] == "NotAllowed" and "spec.parallelism 5" in too_wide["message"]
+    assert "at most 4" in too_wide["message"]
+
+
+def test_indices_out_of_order_a_retry_then_the_stitch_step(cluster, run_operator):
+    with run_operator(LIPSYNC_GPU_BUDGET="3"):
+        cr = cluster.create(CRS, lipsyncjob("split", parallelism=3))
+        job = the_job(cluster, cr)
+        pods = [index_pod(cluster, job, k) for k in range(3)]
+        job_status(cluster, job, active=3, ready=3, startTime=now_iso())
+        st = wait_status(cluster, "split", phase="Running")
+        assert st["indices"] == {"done": 0, "total": 3} and "0 of 3 indices done" in st["message"]
+        waiting = cluster.create(CRS, lipsyncjob("after"))
+        wait_status(cluster, "after", phase="Queued")  # 3 GPU pods run: the budget is full
+
+        # Aggregated progress: each index's own progress line, averaged.
+        for pod, pct in zip(pods, (50, 20, 80)):
+            cluster.logs[NS, pod["metadata"]["name"]] = json.dumps(
+                {"event": "progress", "stage": "render", "progress": pct}) + "\n"
+        wait_status(cluster, "split", progress=50)
+
+        # Index 2 finishes first.
+        end(cluster, pods[2], 0, partial("split"))
+        job_status(cluster, job, active=2, ready=2, succeeded=1, completedIndexes="2")
+        st = wait_status(cluster, "split", indices={"done": 1, "total": 3})
+        assert "1 of 3 indices done" in st["message"]
+        # Index 1 fails transiently (storage): the Job controller retries that index alone.
+        end(cluster, pods[1], REASONS["StorageUnavailable"].exit_code, json.dumps(
+            {"phase": "Failed", "reason": "StorageUnavailable", "message": "S3 did not answer"}))
+        job_status(cluster, job, active=1, ready=1, succeeded=1, failed=1, completedIndexes="2", failedIndexes="")
+        def retry_note():
+            st = status_of(cluster, "split")
+            return st if "retrying" in (st.get("message") or "") else None
+        st = cluster.wait(retry_note, message="retry note")
+        assert st["phase"] == "Running"
+        assert st["message"].startswith("index 1 of 3: attempt 2") and "StorageUnavailable" in st["message"]
+        retry = index_pod(cluster, job, 1, attempt=2)
+        job_status(cluster, job, active=2, ready=2, succeeded=1, failed=1, completedIndexes="2")
+        end(cluster, pods[0], 0, partial("split"))
+        end(cluster, retry, 0, partial("split"))
+        job_status(cluster, job, active=0, ready=0, succeeded=3, failed=1, completedIndexes="0-2",
+                   completionTime=now_iso(),
+                   conditions=[{"type": "Complete", "status": "True", "lastTransitionTime": now_iso()}])
+
+        # The stitch step: an ordinary Job, no GPU; the freed GPUs go to the queue.
+        name = stitch_job_name("split", cr["metadata"]["uid"])
+        stitch = cluster.wait(lambda: cluster.get(JOBS, NS, name), message="stitch Job")
+        st = wait_status(cluster, "split", stitchJobName=name)
+        assert st["phase"] == "Running" and st["stage"] == "stitch"
+        assert st["indices"] == {"done": 3, "total": 3} and st["jobName"] == job["metadata"]["name"]
+        wait_status(cluster, "after", phase="Pending")
+        spod = index_pod(cluster, stitch, 0)
+        job_status(cluster, stitch, active=1, ready=1, startTime=now_iso())
+        end(cluster, spod, 0, result_json(name="split"))
+        job_status(cluster, stitch, active=0, succeeded=1, completionTime=now_iso(),
+                   conditions=[{"type": "Complete", "status": "True", "lastTransitionTime": now_iso()}])
+        st = wait_status(cluster, "split", phase="Succeeded")
+        time.sleep(0.3)
+        stitch_posts = [b for b in cluster.bodies("POST", f"/apis/batch/v1/namespaces/{NS}/jobs")
+                        if b["metadata"]["name"] == name]
+    assert len(stitch_posts) == 1  # one stitch Job, ever
+    assert "completionMode" not in stitch["spec"] and "--shard" not in stitch["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert st["artifacts"]["video"] == "s3://media/out/split/output.mp4" and st["progress"] == 100
+    assert conds(st)["Ready"] == ("True", "Succeeded")
+    assert cluster.phases(NS, "split") == ["Pending", "Running", "Succeeded"]
+    seen = [p for v in cluster.history(CRS, NS, "split") if (p := ((v or {}).get("status") or {}).get("progress"))]
+    assert seen == sorted(seen) and 50 in seen
+
+
+def test_one_index_failing_for_good_fails_the_job_with_its_reason(cluster, run_operator):
+    code = REASONS["NoFaceFound"].exit_code
+    assert code in PERMANENT_EXIT_CODES
+    with run_operator(LIPSYNC_GPU_BUDGET="3"):
+        cr = cluster.create(CRS, lipsyncjob("bad", parallelism=3))
+        job = the_job(cluster, cr)
+        pods = [index_pod(cluster, job, k) for k in range(3)]
+        job_status(cluster, job, active=3, ready=3, startTime=now_iso())
+        wait_status(cluster, "bad", phase="Running")
+        end(cluster, pods[0], 0, partial("bad"))
+        job_status(cluster, job, active=2, ready=2, succeeded=1, completedIndexes="0")
+        wait_status(cluster, "bad", indices={"done": 1, "total": 3})
+        end(cluster, pods[1], code, json.dumps({"phase": "Failed", "reason": "NoFaceFound",
+                                                "message": "no face in frames 2400-2700 (chunk 9)"}))
+        end(cluster, pods[2], 143)  # terminated by the Job controller when the Job failed
+        job_status(cluster, job, active=0, ready=0, succeeded=1, failed=2, completedIndexes="0", failedIndexes="1",
+                   conditions=[{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                                "message": "Container runner for pod renders/x exited with a non-zero exit code",
+                                "lastTransitionTime": now_iso()}])
+        st = wait_status(cluster, "bad", phase="Failed")
+        time.sleep(0.3)
+        names = [j["metadata"]["name"] for j in cluster.list(JOBS, NS)]
+    assert st["reason"] == "NoFaceFound"
+    assert st["message"] == "index 1 of 3: no face in frames 2400-2700 (chunk 9)"
+    assert conds(st)["Stalled"] == ("True", "NoFaceFound")
+    assert names == [job["metadata"]["name"]]  # no stitch after a failed render
