@@ -165,20 +165,21 @@ def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
     }
 
 
-def track_faces(spec: LipSyncJobSpec, video: Path, info: VideoInfo, on_progress: Callable[[float], None]
-                ) -> tuple[list[track.CropBox | None], track.Scan]:
+def track_faces(spec: LipSyncJobSpec, video: Path, info: VideoInfo, on_progress: Callable[[float], None],
+                detector_weights: Path | None = None) -> tuple[list[track.CropBox | None], track.Scan]:
     (w, h), scale = track.analysis_size(info.width, info.height)
-    # Small frames on the render's own frame grid (start_time), so frame indices agree.
-    argv = decode_command(video, fps=info.fps, size=(w, h), start_time=info.start_time)
+    # Grey analysis frames (the detectors read luma only) on the render's own frame grid
+    # (start_time), so frame indices agree.
+    argv = decode_command(video, fps=info.fps, size=(w, h), start_time=info.start_time, pix_fmt="gray")
 
-    with FrameReader(argv, w, h) as reader:
+    with FrameReader(argv, w, h, channels=1) as reader:
         def frames() -> Iterator[np.ndarray]:
             for i, frame in enumerate(reader):
                 if i % 25 == 0:
                     on_progress(min(0.99, i / max(1, info.frames_estimate)))
                 yield frame
 
-        sc = track.scan(frames(), scale, spec.face)
+        sc = track.scan(frames(), scale, spec.face, weights=detector_weights)
     if sc.frames == 0:
         raise InvalidMedia(f"spec.video {str(video)!r} decoded to no frames: is the file complete?", stage="track")
     boxes = track.build_track(sc, fps=float(info.fps), padding=spec.padding, every=spec.face.detect_every)
@@ -317,6 +318,11 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
         check_dependencies(spec)  # before any download: a runner without torch cannot run wav2lip
         store = open_store(resolve(spec.output.uri, base_dir))
         video, audio, checksums = fetch_media(spec, scratch, base_dir)
+        detector_weights = None
+        if spec.face.weights and is_remote(spec.face.weights):  # the face detector's own weights (YuNet)
+            detector_weights, face_sum = fetch_weights(resolve(spec.face.weights, base_dir), scratch)
+            if face_sum is not None:
+                checksums["face_weights"] = face_sum
         # Weights are fetched, hashed and loaded while the media is probed and tracked.
         loading = loader.submit(load_weights_and_model, spec, scratch, base_dir)
         if store.get("metrics.json") is not None:  # something is there: the whole identity decides now
@@ -331,7 +337,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
     progress.update("fetch", 1.0)
 
     with stage(metrics, "track") as fig:
-        boxes, sc = track_faces(spec, video, video_info, lambda f: progress.update("track", f))
+        boxes, sc = track_faces(spec, video, video_info, lambda f: progress.update("track", f), detector_weights)
         fig.frames = sc.frames
         plan = make_plan(spec, video_info, audio_info, sc.frames)
         order = plan.order()
