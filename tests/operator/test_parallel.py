@@ -70,6 +70,12 @@ def test_stitch_job_runs_the_plain_runner_without_a_gpu_unless_cuda_is_demanded(
     assert len(stitch_job_name("x" * 253, UID)) <= 63
 
 
+def test_indexed_pod_hostnames_fit_a_dns_label():
+    # The Job controller names each pod's host "<job name>-<index>": a DNS label of at most 63.
+    from lipsync.spec import MAX_PARALLELISM
+    assert len(f"{job_name('y' * 253, UID)}-{MAX_PARALLELISM - 1}") <= 63
+
+
 def test_gpu_slots_count_pods():
     assert gpu_slots(parsed(3)) == 3
     assert gpu_slots(parsed(3, options={"device": "cpu"})) == 0
@@ -249,3 +255,26 @@ def test_one_index_failing_for_good_fails_the_job_with_its_reason(cluster, run_o
     assert st["message"] == "index 1 of 3: no face in frames 2400-2700 (chunk 9)"
     assert conds(st)["Stalled"] == ("True", "NoFaceFound")
     assert names == [job["metadata"]["name"]]  # no stitch after a failed render
+
+
+# ---------------------------------------------------------------------------- status (pure)
+def test_completed_indexes_and_aggregate_progress():
+    from lipsync_operator.status import aggregate_progress, completed_indexes
+    assert completed_indexes("0,2-4,7") == {0, 2, 3, 4, 7} and completed_indexes("") == set()
+    assert aggregate_progress(4, {1}, {0: 50, 2: 10}) == (50 + 100 + 10 + 0) // 4
+
+
+def test_the_permanent_failure_names_the_index_not_a_pod_terminated_after_it():
+    from lipsync_operator.status import from_indexed
+
+    def pod(k, code, result=None):
+        return {"metadata": {"name": f"p-{k}", "annotations": {COMPLETION_INDEX: str(k)}},
+                "status": {"phase": "Failed", "containerStatuses": [{"name": "runner", "state": {"terminated": {
+                    "exitCode": code, "message": json.dumps(result) if result else ""}}}]}}
+    bad = pod(2, REASONS["InvalidWeights"].exit_code, {"phase": "Failed", "reason": "InvalidWeights",
+                                                       "message": "not a Wav2Lip checkpoint"})
+    job = {"spec": {"completions": 3}, "status": {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "lastTransitionTime": "t"}]}}
+    st = from_indexed(None, job, [bad, pod(0, 143)], total=3, generation=1, now="t", render_name="r")
+    assert (st["phase"], st["reason"]) == ("Failed", "InvalidWeights")
+    assert st["message"] == "index 2 of 3: not a Wav2Lip checkpoint"
