@@ -304,7 +304,14 @@ def pods_of(pods: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
 
 
 def spec_digest(spec: dict[str, Any]) -> str:
-    """sha256 (hex) of a runner document's spec (canonical JSON): which spec a Job renders."""
+    """sha256 (hex) of a runner document's spec (canonical JSON): which spec a Job renders.
+
+    ``parallelism: 1`` (the default of a field added after digests were first recorded) is left
+    out, so a spec, a Job or a ``status.specDigest`` from before it existed keeps its digest and
+    an upgraded operator refuses no edit that was never made.
+    """
+    if spec.get("parallelism") == 1:
+        spec = {k: v for k, v in spec.items() if k != "parallelism"}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -76,6 +76,20 @@ def test_indexed_pod_hostnames_fit_a_dns_label():
     assert len(f"{job_name('y' * 253, UID)}-{MAX_PARALLELISM - 1}") <= 63
 
 
+def test_a_job_from_before_parallelism_keeps_its_spec_digest():
+    # A Job (and status.specDigest) made before spec.parallelism existed: its LIPSYNC_JOB has no
+    # such key. The same spec parsed now has parallelism 1: still the same spec, not an edit.
+    from lipsync_operator.jobs import job_spec_digest, runner_document, spec_digest
+    now = job_manifest(parsed(1), settings())
+    old = json.loads(json.dumps(now))
+    env = old["spec"]["template"]["spec"]["containers"][0]["env"]
+    doc = json.loads(env[0]["value"])
+    assert doc["spec"].pop("parallelism") == 1
+    env[0]["value"] = json.dumps(doc)
+    assert job_spec_digest(old) == job_spec_digest(now) == spec_digest(runner_document(parsed(1))["spec"])
+    assert spec_digest(runner_document(parsed(2))["spec"]) != job_spec_digest(old)
+
+
 def test_gpu_slots_count_pods():
     assert gpu_slots(parsed(3)) == 3
     assert gpu_slots(parsed(3, options={"device": "cpu"})) == 0
