@@ -215,3 +215,6 @@ def test_result_text_always_fits_and_parses():
             assert doc["phase"] == "Failed" and doc["reason"] == "ModelFailed"
             if arts is artifacts:
                 assert doc["artifacts"] == artifacts  # kept whole; the message gives way
+                if message:  # ... but only as much as needed: its end is kept
+                    assert doc["message"] and message.endswith(doc["message"].removeprefix("..."))
+                    assert len(text.encode()) > 4096 - 64

@@ -188,6 +188,7 @@ class Controller:
         self.failures: collections.Counter[Key] = collections.Counter()
         self.create_after: dict[Key, float] = {}  # loop time before which a failed create is not retried
         self._wake = asyncio.Event()
+        self.tasks: list[asyncio.Task] = []  # the work loop and the progress poller, started once
         # Set while this replica may act (always, without leader election; see leader.py).
         self.leading = asyncio.Event()
         self.leading.set()

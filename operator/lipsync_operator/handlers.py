@@ -74,11 +74,10 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    for name in ("work_loop", "poll_loop", "lease_loop"):
-        task = getattr(memo, name, None)
+    ctl: Controller | None = getattr(memo, "ctl", None)
+    for task in [getattr(memo, "lease_loop", None), *(ctl.tasks if ctl is not None else [])]:
         if task is not None:
             task.cancel()
-    ctl: Controller | None = getattr(memo, "ctl", None)
     if ctl is not None:
         ctl.metrics.stop()
         ctl.kube.close()
@@ -105,9 +104,8 @@ def _ctl(memo: kopf.Memo, lipsyncjobs_idx: kopf.Index, jobs_idx: kopf.Index) -> 
     """
     ctl: Controller = memo.ctl
     ctl.use_indexes(lipsyncjobs_idx, jobs_idx)
-    if getattr(memo, "work_loop", None) is None:
-        memo.work_loop = asyncio.create_task(ctl.run())
-        memo.poll_loop = asyncio.create_task(ctl.poll_forever())
+    if not ctl.tasks:  # on the controller: a resource handler's memo is a per-object copy
+        ctl.tasks = [asyncio.create_task(ctl.run()), asyncio.create_task(ctl.poll_forever())]
     return ctl
 
 
@@ -122,7 +120,7 @@ async def created(body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: kop
         patch.metadata.annotations[ARRIVAL_ANNOTATION] = arrival(meta)
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     await ctl.accept(body)
-    await ctl.attempt(DISPATCH)
+    ctl.kick(DISPATCH)  # coalesced: one dispatch per turn of the work loop, however many events
 
 
 @kopf.on.update(*CR, field="spec", backoff=5)
@@ -130,7 +128,7 @@ async def spec_changed(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.I
                        **_: Any) -> None:
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     await ctl.spec_changed(body)
-    await ctl.attempt(DISPATCH)
+    ctl.kick(DISPATCH)  # coalesced: one dispatch per turn of the work loop, however many events
 
 
 # optional: no finalizer. A LipSyncJob is deleted at once, operator or not (its Job has an owner
@@ -141,7 +139,7 @@ async def deleted(body: kopf.Body, memo: kopf.Memo, lipsyncjobs_idx: kopf.Index,
                   **_: Any) -> None:
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     await ctl.deleted(body)
-    await ctl.attempt(DISPATCH)
+    ctl.kick(DISPATCH)  # coalesced: one dispatch per turn of the work loop, however many events
 
 
 @kopf.on.event(*CR)
@@ -162,4 +160,4 @@ async def job_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, li
                       jobs_idx: kopf.Index, **_: Any) -> None:
     ctl = _ctl(memo, lipsyncjobs_idx, jobs_idx)
     await ctl.job_event(body)
-    await ctl.attempt(DISPATCH)
+    ctl.kick(DISPATCH)  # coalesced: one dispatch per turn of the work loop, however many events

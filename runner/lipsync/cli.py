@@ -37,16 +37,23 @@ def result_text(payload: dict, limit: int = RESULT_LIMIT) -> str:
 
 
 def _shorten_to_fit(payload: dict, limit: int) -> str | None:
+    """The payload as JSON of at most ``limit`` bytes, its message cut from the front ("..." +
+    the end); None if it does not fit even with an empty message."""
     message = payload["message"]
-    keep = len(message)
-    while True:
-        text = json.dumps({**payload, "message": message if keep == len(message) else "..." + message[-keep:]
-                           if keep else ""}, ensure_ascii=True)
-        if len(text) <= limit:
+    text = json.dumps(payload, ensure_ascii=True)
+    if len(text) <= limit:
+        return text
+    keep = min(len(message), limit)  # each character takes at least one byte
+    while keep > 0:
+        kept = "..." + message[-keep:]
+        text = json.dumps({**payload, "message": kept}, ensure_ascii=True)
+        over = len(text) - limit
+        if over <= 0:
             return text
-        if keep == 0:
-            return None
-        keep = max(0, min(keep - (len(text) - limit), keep * 9 // 10))
+        per_char = len(json.dumps(kept, ensure_ascii=True)) / len(kept)  # 1 for ASCII, up to 12 escaped
+        keep -= max(1, int(over / per_char) + 1)
+    text = json.dumps({**payload, "message": ""}, ensure_ascii=True)
+    return text if len(text) <= limit else None
 
 
 def _write_result(payload: dict) -> None:
