@@ -57,6 +57,13 @@ def test_parallelism_makes_an_indexed_job_with_per_index_retries_and_the_same_fa
     assert (one["spec"]["completions"], one["spec"]["parallelism"], one["spec"]["backoffLimit"]) == (1, 1, 3)
 
 
+def test_with_kueue_the_indexed_job_is_one_suspended_workload():
+    many = job_manifest(parsed(3), settings(kueue_queue="gpu"))
+    assert many["spec"]["suspend"] is True and many["spec"]["completionMode"] == "Indexed"
+    assert many["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+    assert many["spec"]["parallelism"] == many["spec"]["completions"] == 3  # admitted as 3 pods at once
+
+
 def test_stitch_job_runs_the_plain_runner_without_a_gpu_unless_cuda_is_demanded():
     stitch = job_manifest(parsed(3), settings(), step="stitch")
     assert stitch["metadata"]["name"] == stitch_job_name("long-talk", UID) != job_name("long-talk", UID)
@@ -241,6 +248,27 @@ def test_indices_out_of_order_a_retry_then_the_stitch_step(cluster, run_operator
     assert cluster.phases(NS, "split") == ["Pending", "Running", "Succeeded"]
     seen = [p for v in cluster.history(CRS, NS, "split") if (p := ((v or {}).get("status") or {}).get("progress"))]
     assert seen == sorted(seen) and 50 in seen
+
+
+def test_render_completed_while_the_operator_was_down_is_stitched_once(cluster, run_operator):
+    with run_operator(LIPSYNC_GPU_BUDGET="2"):
+        cr = cluster.create(CRS, lipsyncjob("resumed", parallelism=2))
+        job = the_job(cluster, cr)
+        pods = [index_pod(cluster, job, k) for k in range(2)]
+        job_status(cluster, job, active=2, ready=2, startTime=now_iso())
+        wait_status(cluster, "resumed", phase="Running")
+    for pod in pods:  # no operator sees the indices end
+        end(cluster, pod, 0, partial("resumed"))
+    job_status(cluster, job, active=0, ready=0, succeeded=2, completedIndexes="0-1", completionTime=now_iso(),
+               conditions=[{"type": "Complete", "status": "True", "lastTransitionTime": now_iso()}])
+    name = stitch_job_name("resumed", cr["metadata"]["uid"])
+    with run_operator(LIPSYNC_GPU_BUDGET="2"):
+        st = wait_status(cluster, "resumed", stitchJobName=name)
+        time.sleep(0.5)
+        posts = [b for b in cluster.bodies("POST", f"/apis/batch/v1/namespaces/{NS}/jobs")
+                 if b["metadata"]["name"] == name]
+    assert len(posts) == 1 and cluster.get(JOBS, NS, name) is not None
+    assert st["phase"] == "Running" and st["indices"] == {"done": 2, "total": 2} and st["stage"] == "stitch"
 
 
 def test_one_index_failing_for_good_fails_the_job_with_its_reason(cluster, run_operator):
