@@ -271,6 +271,27 @@ def test_render_completed_while_the_operator_was_down_is_stitched_once(cluster, 
     assert st["phase"] == "Running" and st["indices"] == {"done": 2, "total": 2} and st["stage"] == "stitch"
 
 
+def test_kueue_edit_of_parallelism_while_suspended_replaces_the_indexed_job(cluster, run_operator):
+    with run_operator(LIPSYNC_KUEUE_QUEUE="gpu-queue"):
+        cr = cluster.create(CRS, lipsyncjob("kw", parallelism=3))
+        first = the_job(cluster, cr)
+        wait_status(cluster, "kw", phase="Queued", reason="WaitingForKueue", indices={"done": 0, "total": 3})
+        cluster.patch(CRS, NS, "kw", {"spec": {"parallelism": 2}})
+        st = wait_status(cluster, "kw", observedGeneration=2, jobName=job_name("kw", cr["metadata"]["uid"], 2),
+                         indices={"done": 0, "total": 2})
+        assert st["phase"] == "Queued" and conds(st)["Stalled"][0] == "False"
+        cluster.wait(lambda: cluster.get(JOBS, NS, first["metadata"]["name"]) is None, message="old Job deleted")
+        (second,) = cluster.list(JOBS, NS)
+        assert (second["spec"]["completions"], second["spec"]["completionMode"]) == (2, "Indexed")
+        cluster.patch(CRS, NS, "kw", {"spec": {"parallelism": 1}})
+        st = wait_status(cluster, "kw", observedGeneration=3, jobName=job_name("kw", cr["metadata"]["uid"], 3))
+        cluster.wait(lambda: cluster.get(JOBS, NS, second["metadata"]["name"]) is None, message="2nd Job deleted")
+        (third,) = cluster.list(JOBS, NS)
+        st = status_of(cluster, "kw")
+    assert "completionMode" not in third["spec"] and third["spec"]["completions"] == 1
+    assert "indices" not in st and st["phase"] == "Queued"
+
+
 def test_one_index_failing_for_good_fails_the_job_with_its_reason(cluster, run_operator):
     code = REASONS["NoFaceFound"].exit_code
     assert code in PERMANENT_EXIT_CODES
