@@ -46,10 +46,10 @@ def keys(prefix: str) -> list[str]:
     return sorted(o.object_name for o in s3.client_from_env().list_objects(s3server.BUCKET, prefix, recursive=True))
 
 
-def cluster_job(tmp_path: Path, video: str, audio: str, out: str = OUT) -> dict:
+def cluster_job(tmp_path: Path, video: str, audio: str, out: str = OUT, **spec) -> dict:
     doc = {"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
            "metadata": {"name": "promo", "namespace": "media", "uid": "1f0c-uid"},
-           "spec": {"video": video, "audio": audio, "output": {"uri": out, "preset": "ultrafast"}}}
+           "spec": {"video": video, "audio": audio, "output": {"uri": out, "preset": "ultrafast"}, **spec}}
     return jobs.job_manifest(parse_job(doc), SETTINGS)
 
 
@@ -58,7 +58,7 @@ SETTINGS = Settings(runner_ephemeral_storage="64Gi", scratch_size_limit="60Gi", 
                     max_weights_bytes=20 * 1024**3, download_deadline_seconds=3600)
 
 
-def run_pod(manifest: dict, tmp_path: Path) -> tuple[dict, str]:
+def run_pod(manifest: dict, tmp_path: Path, index: int | None = None) -> tuple[dict, str]:
     """Run the Job's container command locally; return the pod status a kubelet would report.
 
     As the pod runs it: the root filesystem read-only, so the one writable place is the /tmp
@@ -72,6 +72,7 @@ def run_pod(manifest: dict, tmp_path: Path) -> tuple[dict, str]:
     assert volume["name"] == mount["name"] and volume["emptyDir"]["sizeLimit"] == "60Gi"
     assert container["resources"]["limits"]["ephemeral-storage"] == "64Gi"
     assert container["terminationMessagePath"] == container_env(container)["LIPSYNC_RESULT_FILE"]
+    tmp_path.mkdir(parents=True, exist_ok=True)
     scratch, workdir = tmp_path / "volume-tmp", tmp_path / "workdir"
     scratch.mkdir(exist_ok=True)
     workdir.mkdir(exist_ok=True)
@@ -79,11 +80,15 @@ def run_pod(manifest: dict, tmp_path: Path) -> tuple[dict, str]:
     env = {k: str(scratch) + v[len(mount["mountPath"]):] if v.startswith(mount["mountPath"]) else v
            for k, v in container_env(container).items()}
     env["LIPSYNC_RESULT_FILE"] = str(result)
+    if index is not None:  # an Indexed Job's pod: the Job controller sets its index
+        assert manifest["spec"]["completionMode"] == "Indexed"
+        env["JOB_COMPLETION_INDEX"] = str(index)
     args = container["args"]
     assert args[0] == "lipsync"
     proc = run_cli(*args[1:], env=env, cwd=workdir)
     assert list(workdir.iterdir()) == [], "the runner wrote outside its volume"
-    pod = {"status": {
+    pod = {"metadata": {"annotations": {jobs.COMPLETION_INDEX: str(index)} if index is not None else {}},
+           "status": {
         "phase": "Succeeded" if proc.returncode == 0 else "Failed",
         "containerStatuses": [{"name": jobs.CONTAINER, "state": {"terminated": {
             "exitCode": proc.returncode, "message": result.read_text() if result.exists() else "",
@@ -114,6 +119,37 @@ def test_success_reaches_status_with_artifacts_and_progress(bucket, tmp_path):
     assert "renders/promo/output.mp4" in keys("renders/")
     ready = {c["type"]: c["status"] for c in st["conditions"]}
     assert ready["Ready"] == "True" and ready.get("Stalled", "False") == "False"
+
+
+def test_indexed_pods_render_shares_then_the_stitch_job_publishes(bucket, tmp_path):
+    """spec.parallelism 2: each pod of the Indexed Job (JOB_COMPLETION_INDEX set) renders its share
+    and publishes nothing; the stitch Job, made as the operator makes it (from the render Job's own
+    LIPSYNC_JOB), reuses every chunk and publishes; the operator's status reads all of it."""
+    render = cluster_job(tmp_path, f"{bucket}/face.mp4", f"{bucket}/speech.wav", parallelism=2,
+                         render={"chunkSeconds": 1})
+    assert render["spec"]["completions"] == 2 and render["spec"]["completionMode"] == "Indexed"
+    pods = []
+    for index in (1, 0):  # out of order
+        pod, stdout = run_pod(render, tmp_path / f"index-{index}", index)
+        assert pod["status"]["phase"] == "Succeeded", stdout[-3000:]
+        assert json.loads(pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"])["message"] \
+            == "chunks rendered"
+        assert not [k for k in keys("renders/") if not k.startswith("renders/promo/.")], "a shard published"
+        pods.append(pod)
+    running = {**render, "status": {"active": 0, "succeeded": 2, "completedIndexes": "0-1"}}
+    assert status.indices_done(running, pods, 2) == {0, 1}
+    stitch = jobs.job_manifest(parse_job(jobs.runner_document_of(render)), SETTINGS, step=jobs.STITCH)
+    assert "--shard" not in stitch["spec"]["template"]["spec"]["containers"][0]["args"]
+    spod, stdout = run_pod(stitch, tmp_path / "stitch")
+    assert spod["status"]["phase"] == "Succeeded", stdout[-3000:]
+    metrics = json.loads(s3.client_from_env().get_object(s3server.BUCKET, "renders/promo/metrics.json").read())
+    assert metrics["chunks"]["rendered"] == 0 and metrics["chunks"]["reused"] == metrics["chunks"]["count"] >= 2
+    st = status.from_indexed(None, finished_job(render, "Complete"), pods, total=2, generation=1,
+                             now="2026-11-25T10:00:02Z", render_name=render["metadata"]["name"],
+                             stitch=finished_job(stitch, "Complete"), stitch_pods=[spod],
+                             stitch_name=stitch["metadata"]["name"])
+    assert st["phase"] == "Succeeded" and st["indices"] == {"done": 2, "total": 2}
+    assert st["artifacts"]["video"] == f"{OUT}/output.mp4" and "renders/promo/output.mp4" in keys("renders/")
 
 
 def test_permanent_failure_fails_the_job_with_the_runners_reason(bucket, tmp_path):

@@ -484,8 +484,9 @@ class Controller:
     @staticmethod
     def _indexed(cand: queue.Candidate, cur: Mapping[str, Any], facts: list[queue.JobFact]) -> bool:
         """Whether this LipSyncJob renders as an Indexed Job plus a stitch Job (what exists first:
-        its Jobs, then its status, then its spec)."""
-        for f in facts:
+        its Jobs (the one its status names, if any), then its status, then its spec)."""
+        named = [f for f in facts if f.name in (cur.get("jobName"), cur.get("stitchJobName"))]
+        for f in named or facts:
             if f.step == jobs_mod.STITCH or ((f.body or {}).get("spec") or {}).get("completionMode") == "Indexed":
                 return True
         if facts:
@@ -503,8 +504,18 @@ class Controller:
         """
         render_name = cur.get("jobName") or jobs_mod.job_name(key[1], cand.uid)
         stitch_name = cur.get("stitchJobName") or jobs_mod.stitch_job_name(key[1], cand.uid)
-        render = next((f.body for f in facts if f.step != jobs_mod.STITCH), None)
+        renders = [f for f in facts if f.step != jobs_mod.STITCH]
+        fact = next((f for f in renders if f.name == cur.get("jobName")), None) or \
+            next((f for f in renders if not f.finished), renders[-1] if renders else None)
         stitch = next((f.body for f in facts if f.step == jobs_mod.STITCH), None)
+        for other in renders:
+            if other is not fact and _unadmitted(other):  # left over from an interrupted replacement
+                await self.kube.delete_job(key[0], other.name)
+        if self.settings.kueue_queue and fact is not None and stitch is None and _unadmitted(fact) \
+                and cand.job is not None and cand.digest != fact.body.get("specDigest"):
+            await self._replace(cand, fact, now)  # an edit while only queued in Kueue: taken
+            return
+        render = fact.body if fact is not None else None
         if render is None and stitch is None and key in self.dispatcher.started:
             return  # created a moment ago; its watch event is on the way
         full: dict[str, Any] | None = None
@@ -595,8 +606,15 @@ class Controller:
             if job is None or _controller_uid(job) != cand.uid:
                 raise RuntimeError(f"Job {name} exists but is not this LipSyncJob's (yet)") from None
         body = jobs_mod.job_facts_body(job)
-        await self.write(cand.key, lambda s: status.from_job(
-            s, body, [], generation=cand.generation, now=now, job_name=name))
+        total = jobs_mod.parallelism(cand.job)
+
+        def compute(s: dict[str, Any]) -> dict[str, Any]:
+            if total > 1:
+                return status.from_indexed(s, body, [], total=total, generation=cand.generation, now=now,
+                                           render_name=name)
+            s = {k: v for k, v in s.items() if k != "indices"}  # the replaced Job was Indexed
+            return status.from_job(s, body, [], generation=cand.generation, now=now, job_name=name)
+        await self.write(cand.key, compute)
         self.job_seen.pop(cand.key, None)
         await self.kube.delete_job(cand.namespace, old.name)
         kopf.event(ref(cand.namespace, cand.name, cand.uid), type="Normal", reason="JobReplaced",

@@ -55,11 +55,14 @@ RESULT_FILE = "/dev/termination-log"
 SCRATCH = "/tmp"  # the one writable volume of a runner pod (an emptyDir; the root filesystem is read-only)
 RUNNER_COMMAND = ["lipsync", "run", "--job-env", "LIPSYNC_JOB", "--log-format", "json"]
 
-_MAX_NAME = 63
+# A Job name is a label value (≤ 63); an Indexed Job's pods also get the hostname
+# ``<job name>-<index>``, a DNS label (≤ 63) with an index up to 63 (spec.parallelism ≤ 64): 60.
+_MAX_NAME = 60
 
 
 def job_name(name: str, uid: str, generation: int | None = None) -> str:
-    """``lipsync-<name>-<8 hex of sha256(uid)>``, the name trimmed so the whole fits 63 chars.
+    """``lipsync-<name>-<8 hex of sha256(uid)>``, the name trimmed so the whole fits 60 chars
+    (room for an Indexed Job's ``-<index>`` in its pods' 63-char hostnames).
 
     A DNS-1123 label (dots become dashes), so it is also a valid ``job-name`` label value.
     The uid suffix keeps a deleted-and-recreated LipSyncJob of the same name from adopting the
@@ -74,7 +77,7 @@ def job_name(name: str, uid: str, generation: int | None = None) -> str:
 
 
 def stitch_job_name(name: str, uid: str) -> str:
-    """The stitch Job's name: :func:`job_name` with ``-stitch`` (the stem trimmed to keep 63 chars)."""
+    """The stitch Job's name: :func:`job_name` with ``-stitch`` (the stem trimmed to keep 60 chars)."""
     base = job_name(name, uid)
     stem, digest = base[len("lipsync-"):].rsplit("-", 1)
     room = _MAX_NAME - len("lipsync-") - len("-stitch") - 1 - len(digest)
@@ -301,7 +304,14 @@ def pods_of(pods: list[dict[str, Any]], uid: str) -> list[dict[str, Any]]:
 
 
 def spec_digest(spec: dict[str, Any]) -> str:
-    """sha256 (hex) of a runner document's spec (canonical JSON): which spec a Job renders."""
+    """sha256 (hex) of a runner document's spec (canonical JSON): which spec a Job renders.
+
+    ``parallelism: 1`` (the default of a field added after digests were first recorded) is left
+    out, so a spec, a Job or a ``status.specDigest`` from before it existed keeps its digest and
+    an upgraded operator refuses no edit that was never made.
+    """
+    if spec.get("parallelism") == 1:
+        spec = {k: v for k, v in spec.items() if k != "parallelism"}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -57,6 +57,13 @@ def test_parallelism_makes_an_indexed_job_with_per_index_retries_and_the_same_fa
     assert (one["spec"]["completions"], one["spec"]["parallelism"], one["spec"]["backoffLimit"]) == (1, 1, 3)
 
 
+def test_with_kueue_the_indexed_job_is_one_suspended_workload():
+    many = job_manifest(parsed(3), settings(kueue_queue="gpu"))
+    assert many["spec"]["suspend"] is True and many["spec"]["completionMode"] == "Indexed"
+    assert many["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+    assert many["spec"]["parallelism"] == many["spec"]["completions"] == 3  # admitted as 3 pods at once
+
+
 def test_stitch_job_runs_the_plain_runner_without_a_gpu_unless_cuda_is_demanded():
     stitch = job_manifest(parsed(3), settings(), step="stitch")
     assert stitch["metadata"]["name"] == stitch_job_name("long-talk", UID) != job_name("long-talk", UID)
@@ -68,6 +75,26 @@ def test_stitch_job_runs_the_plain_runner_without_a_gpu_unless_cuda_is_demanded(
     cuda = job_manifest(parsed(3, options={"device": "cuda"}), settings(), step="stitch")
     assert runner(cuda)["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert len(stitch_job_name("x" * 253, UID)) <= 63
+
+
+def test_indexed_pod_hostnames_fit_a_dns_label():
+    # The Job controller names each pod's host "<job name>-<index>": a DNS label of at most 63.
+    from lipsync.spec import MAX_PARALLELISM
+    assert len(f"{job_name('y' * 253, UID)}-{MAX_PARALLELISM - 1}") <= 63
+
+
+def test_a_job_from_before_parallelism_keeps_its_spec_digest():
+    # A Job (and status.specDigest) made before spec.parallelism existed: its LIPSYNC_JOB has no
+    # such key. The same spec parsed now has parallelism 1: still the same spec, not an edit.
+    from lipsync_operator.jobs import job_spec_digest, runner_document, spec_digest
+    now = job_manifest(parsed(1), settings())
+    old = json.loads(json.dumps(now))
+    env = old["spec"]["template"]["spec"]["containers"][0]["env"]
+    doc = json.loads(env[0]["value"])
+    assert doc["spec"].pop("parallelism") == 1
+    env[0]["value"] = json.dumps(doc)
+    assert job_spec_digest(old) == job_spec_digest(now) == spec_digest(runner_document(parsed(1))["spec"])
+    assert spec_digest(runner_document(parsed(2))["spec"]) != job_spec_digest(old)
 
 
 def test_gpu_slots_count_pods():
@@ -223,6 +250,48 @@ def test_indices_out_of_order_a_retry_then_the_stitch_step(cluster, run_operator
     assert seen == sorted(seen) and 50 in seen
 
 
+def test_render_completed_while_the_operator_was_down_is_stitched_once(cluster, run_operator):
+    with run_operator(LIPSYNC_GPU_BUDGET="2"):
+        cr = cluster.create(CRS, lipsyncjob("resumed", parallelism=2))
+        job = the_job(cluster, cr)
+        pods = [index_pod(cluster, job, k) for k in range(2)]
+        job_status(cluster, job, active=2, ready=2, startTime=now_iso())
+        wait_status(cluster, "resumed", phase="Running")
+    for pod in pods:  # no operator sees the indices end
+        end(cluster, pod, 0, partial("resumed"))
+    job_status(cluster, job, active=0, ready=0, succeeded=2, completedIndexes="0-1", completionTime=now_iso(),
+               conditions=[{"type": "Complete", "status": "True", "lastTransitionTime": now_iso()}])
+    name = stitch_job_name("resumed", cr["metadata"]["uid"])
+    with run_operator(LIPSYNC_GPU_BUDGET="2"):
+        st = wait_status(cluster, "resumed", stitchJobName=name)
+        time.sleep(0.5)
+        posts = [b for b in cluster.bodies("POST", f"/apis/batch/v1/namespaces/{NS}/jobs")
+                 if b["metadata"]["name"] == name]
+    assert len(posts) == 1 and cluster.get(JOBS, NS, name) is not None
+    assert st["phase"] == "Running" and st["indices"] == {"done": 2, "total": 2} and st["stage"] == "stitch"
+
+
+def test_kueue_edit_of_parallelism_while_suspended_replaces_the_indexed_job(cluster, run_operator):
+    with run_operator(LIPSYNC_KUEUE_QUEUE="gpu-queue"):
+        cr = cluster.create(CRS, lipsyncjob("kw", parallelism=3))
+        first = the_job(cluster, cr)
+        wait_status(cluster, "kw", phase="Queued", reason="WaitingForKueue", indices={"done": 0, "total": 3})
+        cluster.patch(CRS, NS, "kw", {"spec": {"parallelism": 2}})
+        st = wait_status(cluster, "kw", observedGeneration=2, jobName=job_name("kw", cr["metadata"]["uid"], 2),
+                         indices={"done": 0, "total": 2})
+        assert st["phase"] == "Queued" and conds(st)["Stalled"][0] == "False"
+        cluster.wait(lambda: cluster.get(JOBS, NS, first["metadata"]["name"]) is None, message="old Job deleted")
+        (second,) = cluster.list(JOBS, NS)
+        assert (second["spec"]["completions"], second["spec"]["completionMode"]) == (2, "Indexed")
+        cluster.patch(CRS, NS, "kw", {"spec": {"parallelism": 1}})
+        st = wait_status(cluster, "kw", observedGeneration=3, jobName=job_name("kw", cr["metadata"]["uid"], 3))
+        cluster.wait(lambda: cluster.get(JOBS, NS, second["metadata"]["name"]) is None, message="2nd Job deleted")
+        (third,) = cluster.list(JOBS, NS)
+        st = status_of(cluster, "kw")
+    assert "completionMode" not in third["spec"] and third["spec"]["completions"] == 1
+    assert "indices" not in st and st["phase"] == "Queued"
+
+
 def test_one_index_failing_for_good_fails_the_job_with_its_reason(cluster, run_operator):
     code = REASONS["NoFaceFound"].exit_code
     assert code in PERMANENT_EXIT_CODES
@@ -249,3 +318,26 @@ def test_one_index_failing_for_good_fails_the_job_with_its_reason(cluster, run_o
     assert st["message"] == "index 1 of 3: no face in frames 2400-2700 (chunk 9)"
     assert conds(st)["Stalled"] == ("True", "NoFaceFound")
     assert names == [job["metadata"]["name"]]  # no stitch after a failed render
+
+
+# ---------------------------------------------------------------------------- status (pure)
+def test_completed_indexes_and_aggregate_progress():
+    from lipsync_operator.status import aggregate_progress, completed_indexes
+    assert completed_indexes("0,2-4,7") == {0, 2, 3, 4, 7} and completed_indexes("") == set()
+    assert aggregate_progress(4, {1}, {0: 50, 2: 10}) == (50 + 100 + 10 + 0) // 4
+
+
+def test_the_permanent_failure_names_the_index_not_a_pod_terminated_after_it():
+    from lipsync_operator.status import from_indexed
+
+    def pod(k, code, result=None):
+        return {"metadata": {"name": f"p-{k}", "annotations": {COMPLETION_INDEX: str(k)}},
+                "status": {"phase": "Failed", "containerStatuses": [{"name": "runner", "state": {"terminated": {
+                    "exitCode": code, "message": json.dumps(result) if result else ""}}}]}}
+    bad = pod(2, REASONS["InvalidWeights"].exit_code, {"phase": "Failed", "reason": "InvalidWeights",
+                                                       "message": "not a Wav2Lip checkpoint"})
+    job = {"spec": {"completions": 3}, "status": {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "PodFailurePolicy", "lastTransitionTime": "t"}]}}
+    st = from_indexed(None, job, [bad, pod(0, 143)], total=3, generation=1, now="t", render_name="r")
+    assert (st["phase"], st["reason"]) == ("Failed", "InvalidWeights")
+    assert st["message"] == "index 2 of 3: not a Wav2Lip checkpoint"
