@@ -18,7 +18,7 @@ from lipsync.video.source import source_index
 
 from . import s3server
 from .media import RUNNER, ffmpeg, job_file, speech
-from .test_render_engine import index_of
+from .test_render_engine import index_of, stamp_index
 
 pytestmark = pytest.mark.slow
 W, H, FPS = 320, 240, 25
@@ -42,10 +42,7 @@ def indexed_face_clip(dest: Path, n: int, cut_at: int) -> Path:
     for i, f in enumerate(frames):
         if i >= cut_at:
             f = f[:, ::-1].copy()
-        f[0:32] = 90
-        for b in range(10):
-            f[0:32, b * 32:(b + 1) * 32] = 255 if i >> b & 1 else 0
-        proc.stdin.write(f.tobytes())
+        proc.stdin.write(stamp_index(f, i).tobytes())
     proc.stdin.close()
     assert proc.wait() == 0
     return dest

@@ -163,13 +163,19 @@ def indexed_clip(dest: Path, n: int, *extra: str) -> Path:
                              "-r", "25", "-i", "-", *extra, "-pix_fmt", "yuv420p", str(dest)], stdin=subprocess.PIPE)
     assert proc.stdin is not None
     for i in range(n):
-        f = np.full((h, w), 90, np.uint8)
-        for b in range(10):
-            f[0:32, b * 32:(b + 1) * 32] = 255 if i >> b & 1 else 0
-        proc.stdin.write(f.tobytes())
+        proc.stdin.write(stamp_index(np.full((h, w), 90, np.uint8), i).tobytes())
     proc.stdin.close()
     assert proc.wait() == 0
     return dest
+
+
+def stamp_index(frame: np.ndarray, i: int) -> np.ndarray:
+    """``frame`` (grey or BGR, 320+ px wide) with ``i`` written in its top 32 rows: bit b is a
+    white or black 32 px block (read back with ``index_of``, robust to compression)."""
+    frame[0:32] = 90
+    for b in range(10):
+        frame[0:32, b * 32:(b + 1) * 32] = 255 if i >> b & 1 else 0
+    return frame
 
 
 def index_of(y: np.ndarray) -> int:
