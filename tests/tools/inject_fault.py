@@ -13,7 +13,7 @@ import sys
 from lipsync import cli
 from lipsync.models import baseline
 from lipsync.render import frames
-from lipsync.video import track
+from lipsync.video import faces
 
 where, args = sys.argv[1], sys.argv[2:]
 
@@ -23,7 +23,13 @@ def boom(*a, **k):
 
 
 if where == "detector":
-    track.detect_faces = boom
+    class Failing:  # every face detector the track may ask for raises on its first call
+        def __init__(self, *a, **k):
+            pass
+
+        detect = detect_near = boom
+
+    faces.detector = Failing
 elif where == "model":
     infer, calls = baseline.BaselineModel.infer, []
 
