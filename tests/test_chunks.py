@@ -197,3 +197,32 @@ def test_plan_and_shards():
     shares = [shard(chunks, k, 3) for k in range(3)]
     assert [c.index for s in shares for c in s] == [0, 1, 2, 3, 4] and all(shares)
     assert [c.index for c in shard(chunks, 0, 1)] == [0, 1, 2, 3, 4]
+
+
+def test_workers_die_with_a_killed_parent_and_bad_worker_counts_are_refused(media, tmp_path):
+    import time
+
+    import psutil
+
+    job = job_file(tmp_path, name="orphans", video=str(media["video"]), audio=str(media["short"]),
+                   timing={"follow": "video"}, render={"chunkSeconds": 1},
+                   output={"uri": str(tmp_path / "orphans"), "preset": "ultrafast"})
+    proc = subprocess.Popen([sys.executable, "-m", "lipsync.cli", "run", "--log-format", "json", "--workers", "2",
+                             str(job)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(RUNNER), "LIPSYNC_SCRATCH": str(tmp_path)})
+    chunk_done_lines(proc, 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        left = [p for p in psutil.process_iter(["cmdline"])
+                if "lipsync.chunks.workers" in " ".join(p.info.get("cmdline") or [])
+                and str(tmp_path) in " ".join(p.info.get("cmdline") or [])]
+        if not left:
+            break
+        time.sleep(0.5)
+    assert not left, "workers outlived their killed parent"
+    bad = subprocess.run([sys.executable, "-m", "lipsync.cli", "run", "--log-format", "json", str(job)],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(RUNNER),
+                                                              "LIPSYNC_WORKERS": "abc"}, timeout=300)
+    assert bad.returncode == 10 and "LIPSYNC_WORKERS" in bad.stdout + bad.stderr  # InvalidSpec, not retried

@@ -417,7 +417,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
                 **{f"sha256-{k}": v for k, v in inputs.checksums.items()}}
         artifacts = {ARTIFACTS[n][0]: f"{store.uri.rstrip('/')}/{n}" for n in [*files, "run.log", "metrics.json"]}
         metrics.extra["artifacts"] = artifacts
-        log.event(f"rendered {plan.n_out} frames", event="render-done", job=name, **metrics.as_dict()["stages"]["render"])
+        log.event(f"{plan.n_out} frames ready to publish", event="render-done", job=name, **metrics.as_dict()["stages"]["render"])
         files["run.log"] = scratch / "run.log"
         publish(store, files, meta)
     # metrics.json last, once the publish stage's own figures are in it: it marks the render finished

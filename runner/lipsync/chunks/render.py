@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import load_mono
+from ..errors import InvalidSpec
 from ..io.probe import VideoInfo
 from ..io.publish import open_store
 from ..models import FrameModel, load_model
@@ -61,7 +62,7 @@ def render_chunks(task: RenderTask, chunks: list[Chunk], model: FrameModel,
                   on_chunk: Callable[[Chunk], None] = lambda c: None, sheet: Sheet | None = None) -> int:
     """Render ``chunks`` in order into the work area; returns the frames rendered.
 
-    ``on_frames(n)`` reports frames written within the current chunk; ``on_chunk`` each chunk
+    ``on_frames(n)`` reports ``n`` frames written so far within the current chunk; ``on_chunk`` each chunk
     stored; ``sheet`` collects the preview tiles of the frames it wants as they pass. A chunk
     interrupted by an error or a signal leaves nothing that counts as finished.
     """
@@ -97,7 +98,10 @@ def default_workers(chunks: int) -> int:
     """Processes for ``--workers auto``: one per 4 cores (each drives an encoder that uses several),
     LIPSYNC_WORKERS if set, never more than there are chunks to render."""
     if os.environ.get("LIPSYNC_WORKERS"):
-        return max(1, min(chunks, int(os.environ["LIPSYNC_WORKERS"])))
+        value = os.environ["LIPSYNC_WORKERS"]
+        if not value.isdigit() or int(value) < 1:
+            raise InvalidSpec(f"LIPSYNC_WORKERS={value!r}: give a number of processes, 1 or more", stage="render")
+        return max(1, min(chunks, int(value)))
     from ..render.frames import cpu_count
 
     return max(1, min(chunks, cpu_count() // 4))

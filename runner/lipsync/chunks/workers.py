@@ -40,7 +40,8 @@ def run_workers(task: RenderTask, shares: list[list[Chunk]], on_chunk: Callable[
     try:
         for k, share in enumerate(shares):
             result = task.scratch / f"worker-{k}.json"
-            env = {**os.environ, "LIPSYNC_ENCODER_THREADS": os.environ.get("LIPSYNC_ENCODER_THREADS", str(threads))}
+            env = {**os.environ, "LIPSYNC_ENCODER_THREADS": os.environ.get("LIPSYNC_ENCODER_THREADS", str(threads)),
+                   "LIPSYNC_PARENT_PID": str(os.getpid())}
             proc = subprocess.Popen([sys.executable, "-m", "lipsync.chunks.workers", str(task_file), str(result),
                                      ",".join(str(c.index) for c in share)],
                                     stdout=subprocess.PIPE, text=True, env=env)
@@ -105,10 +106,25 @@ def _terminate(signum: int, frame: object) -> None:
     raise _Terminated(signum)
 
 
+def _die_with_parent() -> None:
+    """SIGTERM this worker when the process that started it dies, even by SIGKILL (Linux), so an
+    orphan never goes on writing chunks for a run that is gone."""
+    parent = int(os.environ.get("LIPSYNC_PARENT_PID", os.getppid()))
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # it died before the request took effect
+        raise _Terminated(signal.SIGTERM)
+
+
 def main(argv: list[str]) -> int:
     task_file, result, indices = Path(argv[0]), Path(argv[1]), {int(i) for i in argv[2].split(",") if i}
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        _die_with_parent()
         task: RenderTask = pickle.loads(task_file.read_bytes())
         from . import plan_chunks
 
