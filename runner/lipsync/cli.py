@@ -201,9 +201,9 @@ def cmd_track(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .io.probe import probe_video
+    from .pipeline import scan_video
     from .spec import FaceSpec
     from .video import track
-    from .video.decode import FrameReader, decode_command
 
     try:
         try:
@@ -217,10 +217,7 @@ def cmd_track(args: argparse.Namespace) -> int:
         if not video.is_file():
             raise InputNotFound(f"video {str(video)!r} does not exist or is not a file", stage="track")
         info = probe_video(video, field="video")
-        (w, h), scale = track.analysis_size(info.width, info.height)
-        argv = decode_command(video, fps=info.fps, size=(w, h), start_time=info.start_time, pix_fmt="gray")
-        with FrameReader(argv, w, h, field="video", channels=1) as reader:
-            sc = track.scan(reader, scale, face)
+        sc = scan_video(video, info, face, field="video")
         padding = face.padding if face.padding is not None else 0.25
         boxes = track.build_track(sc, fps=float(info.fps), padding=padding, every=face.detect_every)
     except LipSyncError as e:

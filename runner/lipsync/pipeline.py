@@ -32,7 +32,7 @@ from .io.publish import ARTIFACTS, check_existing, mark_replacing, open_store, p
 from .metrics import Metrics, StageFigures
 from .models import ClipModel, FrameModel, check_dependencies, load_model
 from .preview import Sheet, pick
-from .spec import LipSyncJob, LipSyncJobSpec
+from .spec import FaceSpec, LipSyncJob, LipSyncJobSpec
 from . import chunks
 from . import render as render_engine
 from .chunks.render import RenderTask, default_workers, prepared_model, render_chunks
@@ -165,21 +165,26 @@ def identity(job: LipSyncJob, sums: dict[str, str]) -> dict:
     }
 
 
-def track_faces(spec: LipSyncJobSpec, video: Path, info: VideoInfo, on_progress: Callable[[float], None],
-                detector_weights: Path | None = None) -> tuple[list[track.CropBox | None], track.Scan]:
+def scan_video(video: Path, info: VideoInfo, face: FaceSpec, *, weights: Path | None = None,
+               field: str = "spec.video", on_progress: Callable[[float], None] = lambda f: None) -> track.Scan:
+    """The track's scan of ``video``: grey analysis frames (the detectors read luma only) on the
+    render's own frame grid (start_time), so frame indices agree with the render's."""
     (w, h), scale = track.analysis_size(info.width, info.height)
-    # Grey analysis frames (the detectors read luma only) on the render's own frame grid
-    # (start_time), so frame indices agree.
     argv = decode_command(video, fps=info.fps, size=(w, h), start_time=info.start_time, pix_fmt="gray")
 
-    with FrameReader(argv, w, h, channels=1) as reader:
+    with FrameReader(argv, w, h, field=field, channels=1) as reader:
         def frames() -> Iterator[np.ndarray]:
             for i, frame in enumerate(reader):
                 if i % 25 == 0:
                     on_progress(min(0.99, i / max(1, info.frames_estimate)))
                 yield frame
 
-        sc = track.scan(frames(), scale, spec.face, weights=detector_weights)
+        return track.scan(frames(), scale, face, weights=weights)
+
+
+def track_faces(spec: LipSyncJobSpec, video: Path, info: VideoInfo, on_progress: Callable[[float], None],
+                detector_weights: Path | None = None) -> tuple[list[track.CropBox | None], track.Scan]:
+    sc = scan_video(video, info, spec.face, weights=detector_weights, on_progress=on_progress)
     if sc.frames == 0:
         raise InvalidMedia(f"spec.video {str(video)!r} decoded to no frames: is the file complete?", stage="track")
     boxes = track.build_track(sc, fps=float(info.fps), padding=spec.padding, every=spec.face.detect_every)
