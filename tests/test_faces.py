@@ -9,7 +9,7 @@ import pytest
 from lipsync.errors import InvalidWeights
 from lipsync.sample import background
 from lipsync.spec import FaceSpec
-from lipsync.video import faces
+from lipsync.video import faces, overlay
 from lipsync.video.track import build_track, detect_faces, scan
 
 from .test_track import FH, FW, analysis, place_face
@@ -84,7 +84,11 @@ def test_a_yunet_track_from_spec_weights(yunet):
     spec = FaceSpec(detector="yunet", weights=str(yunet), detect_every=5)
     track = build_track(scan(iter(clip), 2.0, spec), fps=25, padding=0.25, every=5)
     assert [t is not None for t in track] == present
-    assert {(t.x + t.size // 2, t.y + t.size // 2) for t in track if t is not None} == {(352, 224)}
+    # one place throughout, where the landmarks' mouth (between the corners) lands on the crop's mouth point
+    (box,) = {(t.x, t.y, t.size) for t in track if t is not None}
+    mouth = [((5 + (KPS[6] + KPS[8]) / 2) * 32 * 2.0, (3 + (KPS[7] + KPS[9]) / 2) * 32 * 2.0)]
+    px, py = overlay.mouth_point(box[2], 0.25)
+    assert np.allclose([(box[0] + px, box[1] + py)], mouth, atol=0.5)
 
 
 def test_weights_that_are_not_yunet_are_refused_clearly(tmp_path):

@@ -3,7 +3,8 @@
 It drops the jaw and opens a dark mouth cavity in proportion to the speech envelope under each
 frame. It exists for demos and tests: it exercises the same crop → model → overlay → remux path
 as Wav2Lip, and its output is easy to check (loud frames change the mouth, silent ones do not).
-It assumes the face fills the middle of the padded crop, as the face track makes it.
+It draws the mouth where the face track puts the real one (``overlay.mouth_point``), the face
+filling the middle of the padded crop.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..audio import frame_envelope
 from ..spec import BaselineOptions
+from ..video.overlay import face_side, mouth_point
 
 CROP_SIZE = 256
 
@@ -23,9 +25,8 @@ CROP_SIZE = 256
 def _jaw_field(size: int, padding: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The sampling grid (xs, ys) and how far each pixel moves with the jaw (0-1), per crop size:
     the same for every frame, so computed once."""
-    face = size / (1 + 2 * padding)
-    top = (size - face) / 2
-    cx, mouth_y = size / 2, top + 0.80 * face
+    face = face_side(size, padding)
+    cx, mouth_y = mouth_point(size, padding)
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     across = np.exp(-(((xs - cx) / (0.22 * face)) ** 2))
     below = np.clip((ys - mouth_y) / (0.04 * face), 0.0, 1.0) * np.exp(-(((ys - mouth_y) / (0.30 * face)) ** 2))
@@ -62,9 +63,8 @@ class BaselineModel:
 
     def _open_mouth(self, crop: np.ndarray, amount: float) -> np.ndarray:
         size = crop.shape[0]
-        face = size / (1 + 2 * self.padding)
-        top = (size - face) / 2
-        cx, mouth_y = size / 2, top + 0.80 * face
+        face = face_side(size, self.padding)
+        cx, mouth_y = mouth_point(size, self.padding)
         drop = amount * 0.10 * face  # how far the lower lip and jaw move down, in pixels
         xs, ys, shape = _jaw_field(size, self.padding)
         warped = cv2.remap(crop, xs, ys - drop * shape, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import InvalidWeights
 from ..spec import FaceSpec
-from . import faces
+from . import faces, overlay
 from .faces import Face, grey
 
 ANALYSIS_SIDE = 1280  # the longer side of the frames the face detector sees (a 4 % face: 51 px)
@@ -359,7 +359,14 @@ def _runs(boxes: list[Box | None]) -> list[tuple[int, int]]:
 
 
 def build_track(sc: Scan, *, fps: float, padding: float, every: int) -> list[CropBox | None]:
-    """One crop box per frame (None: no face, the frame passes through)."""
+    """One crop box per frame (None: no face, the frame passes through).
+
+    The box's side is one per run of frames with a face (the median face, padded). Where the
+    landmarks give the mouth, the box is placed so that the mouth lands on
+    ``overlay.mouth_point`` (the models draw and the mask blends there): it follows the mouth
+    as the landmarks do, without the lag or lead of a smoothed box. Without landmarks: the
+    smoothed centre of the face.
+    """
     track: list[CropBox | None] = [None] * sc.frames
     window = max(3, int(round(fps * 0.3)) | 1)
     keys = sorted(sc.detections)
@@ -375,8 +382,13 @@ def build_track(sc: Scan, *, fps: float, padding: float, every: int) -> list[Cro
             side = float(np.median([max(bx.w, bx.h) for bx in run])) * (1 + 2 * padding)
             size = int(round(side / 2)) * 2
             points = _landmarks(sc, marks, start + a, run, centres)
+            mx, my = overlay.mouth_point(size, padding)
             for k, (x, y) in enumerate(zip(cx, cy)):
-                track[start + a + k] = CropBox(int(round(x - size / 2)), int(round(y - size / 2)), size, points[k])
+                box = CropBox(int(round(x - size / 2)), int(round(y - size / 2)), size, points[k])
+                mouth = box.mouth
+                if mouth is not None:  # the landmarks' mouth lands where the models and the mask expect it
+                    box = CropBox(int(round(mouth[0] - mx)), int(round(mouth[1] - my)), size, points[k])
+                track[start + a + k] = box
     return track
 
 
