@@ -17,7 +17,7 @@ from lipsync.chunks import plan_chunks, shard
 from lipsync.video.source import source_index
 
 from . import s3server
-from .media import RUNNER, ffmpeg, job_file, speech
+from .media import RUNNER, job_file, speech
 from .test_render_engine import index_of, stamp_index
 
 pytestmark = pytest.mark.slow
@@ -174,6 +174,7 @@ def test_workers_and_shards_split_the_work(media, tmp_path):
     assert m_two["runtime"]["glibc_tunables"] == MALLOC_TUNABLES  # `run` re-executed itself with it
     one = run(tmp_path, "one", media["video"], media["short"], "--workers", "1", timing={"follow": "video"},
               render={"chunkSeconds": 1})
+    assert one.returncode == 0, one.stdout[-3000:]
     a, b = decoded(tmp_path / "two" / "output.mp4"), decoded(tmp_path / "one" / "output.mp4")
     assert [index_of(f) for f in a] == [index_of(f) for f in b] == list(range(76))
     # the workers' encoders run with fewer threads each, and x264's output depends on its thread count

@@ -157,3 +157,15 @@ def test_result_file_for_the_operator(media, tmp_path):
     progress = [json.loads(x) for x in proc.stdout.splitlines() if '"progress"' in x]
     assert progress and progress[-1]["progress"] == 100
     assert [p["progress"] for p in progress] == sorted(p["progress"] for p in progress)
+
+
+@pytest.mark.parametrize("name,value,stage", [
+    ("LIPSYNC_FRAME_BUFFER_MB", "lots", "render"),
+    ("LIPSYNC_DECODER_THREADS", "0", "render"),
+    ("LIPSYNC_MAX_INPUT_BYTES", "20G", "fetch"),
+])
+def test_a_bad_tuning_variable_is_invalid_spec_not_a_retried_internal_error(media, tmp_path, name, value, stage):
+    proc = lipsync("run", str(job_file(tmp_path, video=str(media / "face.mp4"), audio=str(media / "speech.wav"))),
+                   env={name: value})
+    expect(proc, "InvalidSpec", stage, f"{name}={value!r}", "runner's environment")
+    assert_nothing_written(tmp_path)

@@ -170,7 +170,8 @@ def scan_video(video: Path, info: VideoInfo, face: FaceSpec, *, weights: Path | 
     """The track's scan of ``video``: grey analysis frames (the detectors read luma only) on the
     render's own frame grid (start_time), so frame indices agree with the render's."""
     (w, h), scale = track.analysis_size(info.width, info.height)
-    argv = decode_command(video, fps=info.fps, size=(w, h), start_time=info.start_time, pix_fmt="gray")
+    argv = decode_command(video, fps=info.fps, size=(w, h), start_time=info.start_time, pix_fmt="gray",
+                          analysis_of=info.pix_fmt)
 
     with FrameReader(argv, w, h, field=field, channels=1) as reader:
         def frames() -> Iterator[np.ndarray]:

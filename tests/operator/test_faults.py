@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from kubesim import CRS, JOBS, NS, PODS, end_pod, finish_job, lipsyncjob, start_pod
-from test_operator import JOBS_PATH, conds, result_json, status_of, the_job, wait_status
+from test_operator import JOBS_PATH, conds, result_json, the_job, wait_status
 
 from tests import s3server
 from tests.k8s_helpers import cel_eval, have_cel
@@ -169,7 +169,7 @@ def test_refused_edit_is_stalled_until_reverted_never_ready(cluster, run_operato
     """An edit of a rendering job's output is refused: Stalled=True/SpecImmutable at the new
     generation (kubectl wait, Argo CD and Flux agree: failed), through the end of the old render;
     reverting the spec makes the finished render Ready again, at the reverting generation."""
-    original = f"s3://media/out/fixed"
+    original = "s3://media/out/fixed"
     with run_operator():
         cr = cluster.create(CRS, lipsyncjob("fixed"))
         job = the_job(cluster, cr)

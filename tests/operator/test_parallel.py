@@ -192,7 +192,7 @@ def test_indices_out_of_order_a_retry_then_the_stitch_step(cluster, run_operator
         job_status(cluster, job, active=3, ready=3, startTime=now_iso())
         st = wait_status(cluster, "split", phase="Running")
         assert st["indices"] == {"done": 0, "total": 3} and "0 of 3 indices done" in st["message"]
-        waiting = cluster.create(CRS, lipsyncjob("after"))
+        cluster.create(CRS, lipsyncjob("after"))
         wait_status(cluster, "after", phase="Queued")  # 3 GPU pods run: the budget is full
 
         # Aggregated progress: each index's own progress line, averaged.

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import env
 from ..audio import load_mono
-from ..errors import InvalidSpec
 from ..io.probe import VideoInfo
 from ..io.publish import open_store
 from ..models import FrameModel, load_model
@@ -97,11 +97,8 @@ def render_chunks(task: RenderTask, chunks: list[Chunk], model: FrameModel,
 def default_workers(chunks: int) -> int:
     """Processes for ``--workers auto``: one per 4 cores (each drives an encoder that uses several),
     LIPSYNC_WORKERS if set, never more than there are chunks to render."""
-    if os.environ.get("LIPSYNC_WORKERS"):
-        value = os.environ["LIPSYNC_WORKERS"]
-        if not value.isdigit() or int(value) < 1:
-            raise InvalidSpec(f"LIPSYNC_WORKERS={value!r}: give a number of processes, 1 or more", stage="render")
-        return max(1, min(chunks, int(value)))
+    if os.environ.get("LIPSYNC_WORKERS", "").strip():
+        return max(1, min(chunks, int(env.number("LIPSYNC_WORKERS", 1, int, minimum=1, inclusive=True, stage="render"))))
     from ..render.frames import cpu_count
 
     return max(1, min(chunks, cpu_count() // 4))

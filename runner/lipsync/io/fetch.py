@@ -8,7 +8,6 @@ transient faults with backoff. s3:// goes through ``lipsync.io.s3`` (the minio c
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import socket
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import AccessDenied, InputNotFound, InputTooLarge, StorageUnavailable
+from .. import env
 from . import limits
 from .limits import Deadline
 
@@ -53,7 +53,7 @@ def fetch(uri: str, scratch: Path, *, field: str, max_bytes: int | None = None) 
 
 
 def _download_http(url: str, dest: Path, *, field: str, max_bytes: int) -> str:
-    retry_until = time.monotonic() + float(os.environ.get("LIPSYNC_HTTP_RETRY_SECONDS", "60"))
+    retry_until = time.monotonic() + env.number("LIPSYNC_HTTP_RETRY_SECONDS", 60.0, inclusive=True, stage="fetch")
     deadline = Deadline()
     attempt = 0
     while True:

@@ -20,10 +20,10 @@ Over a size limit: ``InputTooLarge`` (permanent). Past the deadline: ``StorageUn
 
 from __future__ import annotations
 
-import os
 import time
 
-from ..errors import LipSyncError, StorageUnavailable
+from .. import env
+from ..errors import StorageUnavailable
 
 MAX_INPUT_ENV = "LIPSYNC_MAX_INPUT_BYTES"
 MAX_WEIGHTS_ENV = "LIPSYNC_MAX_WEIGHTS_BYTES"
@@ -33,16 +33,7 @@ DEFAULT_DEADLINE_S = 3600.0
 
 
 def _number(name: str, default: float, kind: type) -> float:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise LipSyncError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if value <= 0:
-        raise LipSyncError(f"{name}={raw!r} must be > 0")
-    return value
+    return env.number(name, default, kind, stage="fetch")
 
 
 def max_input_bytes() -> int:

