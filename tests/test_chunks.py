@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -227,3 +228,36 @@ def test_workers_die_with_a_killed_parent_and_bad_worker_counts_are_refused(medi
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(RUNNER),
                                                               "LIPSYNC_WORKERS": "abc"}, timeout=300)
     assert bad.returncode == 10 and "LIPSYNC_WORKERS" in bad.stdout + bad.stderr  # InvalidSpec, not retried
+
+
+def test_the_model_processes_keep_the_malloc_settings_and_ffmpeg_children_do_not(media, tmp_path):
+    """`run` re-executes itself with the model's glibc tunables; its ffmpeg children (and those of
+    the chunk workers) must not inherit them (an x264 that never returns memory holds ~65 MB more
+    at 1080p), while the workers, which run the model, must."""
+    from lipsync.malloc import MALLOC_TUNABLES
+
+    bin_dir, seen = tmp_path / "bin", tmp_path / "seen.txt"
+    bin_dir.mkdir()
+    first = MALLOC_TUNABLES.split(":")[0]
+    for tool in ("ffmpeg", "ffprobe"):  # the real tools, run through a wrapper that notes what they got
+        real = shutil.which(tool)
+        wrapper = bin_dir / tool
+        wrapper.write_text(f"#!/bin/sh\n"
+                           # (glibc cuts its copy of the variable in /proc/PID/environ at the first ':')
+                           f"parent=$(tr '\\0' '\\n' < /proc/$PPID/environ | grep -c '^GLIBC_TUNABLES={first}')\n"
+                           f"echo \"{tool} own=${{GLIBC_TUNABLES:-none}} parent=$parent\" >> {seen}\n"
+                           f"exec {real} \"$@\"\n")
+        wrapper.chmod(0o755)
+    job = job_file(tmp_path, name="tuned", video=str(media["video"]), audio=str(media["short"]),
+                   timing={"follow": "video"}, render={"chunkSeconds": 1},
+                   output={"uri": str(tmp_path / "tuned"), "preset": "ultrafast"})
+    env = {**os.environ, "PYTHONPATH": str(RUNNER), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("GLIBC_TUNABLES", None)
+    proc = subprocess.run([sys.executable, "-m", "lipsync.cli", "run", "--log-format", "json", "--workers", "2",
+                           str(job)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    lines = seen.read_text().splitlines()
+    assert len(lines) > 4 and all(" own=none " in line for line in lines), lines
+    assert all(line.endswith("parent=1") for line in lines), lines  # runner and workers both started tuned
+    metrics = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
+    assert metrics["runtime"]["glibc_tunables"] == MALLOC_TUNABLES and metrics["chunks"]["workers"] == 2

@@ -11,7 +11,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from . import log, policy
+from . import log, malloc, policy
+from .malloc import MALLOC_TUNABLES  # noqa: F401 - where tests and docs look for it
 from .errors import REASONS, InputNotFound, InvalidSpec, LipSyncError
 from .extras import require_torch
 from .redact import redact
@@ -340,18 +341,14 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
-# glibc keeps freed memory instead of unmapping each large model activation after use (Wav2Lip on
-# the CPU: ~100k page faults per batch otherwise; 25-80 % more frames/s measured, see
-# benchmarks/bench_wav2lip.py). Read by glibc at process start only, so `run` and `score` re-exec
-# once with it set; the image sets it in its environment.
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=2147483648:glibc.malloc.trim_threshold=4294967296"
-
-
 def _tune_malloc(argv: list[str]) -> None:
-    if sys.platform != "linux" or "GLIBC_TUNABLES" in os.environ or not argv or argv[0] not in ("run", "score"):
+    """``run`` and ``score`` start again with the model's malloc settings (see ``lipsync.malloc``)."""
+    if sys.platform != "linux" or not argv or argv[0] not in ("run", "score"):
         return
-    os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
-    os.execv(sys.executable, [sys.executable, "-m", "lipsync.cli", *argv])
+    if "GLIBC_TUNABLES" not in os.environ:
+        os.environ["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+        os.execv(sys.executable, [sys.executable, "-m", "lipsync.cli", *argv])
+    malloc.adopt()  # started with them: the ffmpeg children do not inherit them
 
 
 def main(argv: list[str] | None = None) -> int:

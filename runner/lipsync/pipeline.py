@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import log
+from . import log, malloc
 from .audio import frame_envelope, load_mono
 from .clip import render_clip
 from .errors import InvalidMedia, LipSyncError, NoFaceFound
@@ -401,7 +401,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
             "identity": ident,
             "spec": spec_record(job),
             "model": spec.model.name,
-            "runtime": {"glibc_tunables": os.environ.get("GLIBC_TUNABLES")},
+            "runtime": {"glibc_tunables": malloc.tunables()},
             "video": {"width": video_info.width, "height": video_info.height, "fps": plan.fps,
                       "variable_rate": video_info.variable_rate, "rotation": video_info.rotation,
                       "source_frames": plan.n_src},

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import malloc
 from ..errors import LipSyncError
 from . import Chunk
 from .render import RenderTask, prepared_model, render_chunks
@@ -40,7 +41,7 @@ def run_workers(task: RenderTask, shares: list[list[Chunk]], on_chunk: Callable[
     try:
         for k, share in enumerate(shares):
             result = task.scratch / f"worker-{k}.json"
-            env = {**os.environ, "LIPSYNC_ENCODER_THREADS": os.environ.get("LIPSYNC_ENCODER_THREADS", str(threads)),
+            env = {**malloc.python_child_env(os.environ), "LIPSYNC_ENCODER_THREADS": os.environ.get("LIPSYNC_ENCODER_THREADS", str(threads)),
                    "LIPSYNC_PARENT_PID": str(os.getpid())}
             proc = subprocess.Popen([sys.executable, "-m", "lipsync.chunks.workers", str(task_file), str(result),
                                      ",".join(str(c.index) for c in share)],
@@ -123,6 +124,7 @@ def _die_with_parent() -> None:
 def main(argv: list[str]) -> int:
     task_file, result, indices = Path(argv[0]), Path(argv[1]), {int(i) for i in argv[2].split(",") if i}
     signal.signal(signal.SIGTERM, _terminate)
+    malloc.adopt()  # started with the model's malloc settings: its ffmpeg children do not inherit them
     try:
         _die_with_parent()
         task: RenderTask = pickle.loads(task_file.read_bytes())
