@@ -62,6 +62,11 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster
         c.close()
 
 
+def lipsyncjob_watches(cluster: Cluster) -> list[str]:
+    return [p for m, p, q in cluster.requests()
+            if m == "GET" and p.endswith("/lipsyncjobs") and q.get("watch") in ("true", "1")]
+
+
 @pytest.fixture
 def run_operator(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     """A context manager: the operator running (as ``lipsync-operator`` would) while inside."""
@@ -75,8 +80,14 @@ def run_operator(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> Callable[
             monkeypatch.setenv(k, v)
         args = [a for a in kopf_args(["--verbose"]) if not a.startswith("--liveness")]
         runner = KopfRunner(args, timeout=30)
+        watching = len(lipsyncjob_watches(cluster))
         try:
             with runner:
+                # Inside, the operator watches LipSyncJobs: what a test creates next reaches it as
+                # watch events in creation order (FIFO within one second relies on that), never in
+                # one initial list whose items kopf hands to concurrent workers.
+                cluster.wait(lambda: len(lipsyncjob_watches(cluster)) > watching or runner.future.done(),
+                             message="the operator's LipSyncJob watch")
                 yield runner
         finally:
             if runner.future.done():  # shown by pytest when the test fails
