@@ -40,7 +40,7 @@ def render(folder: Path, name: str, video: Path, audio: Path, workers: str, chun
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "lipsync.cli", "run", "--force", "--log-format", "json", "--workers",
                     workers, str(path)], check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT / "runner")})
+                   env={**os.environ, "PYTHONPATH": str(ROOT / "runner"), "LIPSYNC_TRACK_CACHE": "off"})
     wall = time.perf_counter() - t0
     return wall, json.loads((folder / name / "metrics.json").read_text())
 

@@ -79,7 +79,7 @@ def main() -> None:
     args = ap.parse_args()
     from tests.wav2lip_weights import write_formula_checkpoint
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "runner")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "runner"), "LIPSYNC_TRACK_CACHE": "off"}  # each run tracks
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         speech = make_speech(d / "speech.wav", TEXT)

@@ -101,7 +101,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--wav2lip", action="store_true", help="also Wav2Lip (formula weights: speed does not depend on values) at its default batch size")
     args = ap.parse_args()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "runner")}
+    # every run pays its own face track: the track cache would skip it from the second pair on
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "runner"), "LIPSYNC_TRACK_CACHE": "off"}
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         speech = make_speech(d / "speech.wav", TEXT)

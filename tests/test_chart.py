@@ -26,7 +26,7 @@ OPERATOR_ENV = {
     "LIPSYNC_RUNNER_CPU", "LIPSYNC_RUNNER_MEMORY", "LIPSYNC_PROGRESS_INTERVAL", "LIPSYNC_METRICS_PORT",
     "LIPSYNC_HEALTH_PORT", "LIPSYNC_COMMAND_POLICY", "LIPSYNC_JOB_NAMESPACES",
     "LIPSYNC_RUNNER_EPHEMERAL_STORAGE", "LIPSYNC_SCRATCH_SIZE_LIMIT", "LIPSYNC_MAX_INPUT_BYTES",
-    "LIPSYNC_MAX_WEIGHTS_BYTES", "LIPSYNC_DOWNLOAD_DEADLINE_SECONDS", "LIPSYNC_OUTPUT_PREFIX",
+    "LIPSYNC_MAX_WEIGHTS_BYTES", "LIPSYNC_DOWNLOAD_DEADLINE_SECONDS", "LIPSYNC_OUTPUT_PREFIX", "LIPSYNC_TRACK_CACHE",
     "LIPSYNC_LEASE_NAMESPACE", "LIPSYNC_LEASE_NAME",
 }
 
@@ -46,6 +46,7 @@ CUSTOM_VALUES: dict[str, Any] = {
         "progressInterval": 2.5,
         "commandPolicy": {"research": ["*"], "*": ["/opt/musetalk/run.sh"]},
         "outputPrefix": "s3://renders/{namespace}/",
+        "trackCache": "s3://lipsync-tracks/{namespace}/",
         "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/lipsync"},
                            "imagePullSecrets": [{"name": "registry-creds"}]},
     },
@@ -438,6 +439,16 @@ def test_output_prefix_reaches_the_operator():
     assert "LIPSYNC_OUTPUT_PREFIX" not in env_of(render())
     with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError):
         chart.validate_schema({"runner": {"outputPrefix": "s3://renders/shared/"}})  # no {namespace}
+
+
+def test_track_cache_reaches_the_operator():
+    from lipsync_operator.settings import Settings
+
+    settings = Settings.from_env(env_of(render(CUSTOM_VALUES)))
+    assert settings.runner_cache_env("lipsync-jobs") == {"LIPSYNC_TRACK_CACHE": "s3://lipsync-tracks/lipsync-jobs/"}
+    assert "LIPSYNC_TRACK_CACHE" not in env_of(render())
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmError):
+        chart.validate_schema({"runner": {"trackCache": "s3://lipsync-tracks/shared/"}})  # no {namespace}
 
 
 def test_install_doc_has_the_security_model():

@@ -179,7 +179,7 @@ def test_result_message_fits_a_termination_message(bucket, tmp_path):
 
 
 def test_long_output_uri_termination_message_fits_and_parses(bucket, tmp_path):
-    """The longest output.uri the schema takes: all four artifact URIs reach status intact."""
+    """The longest output.uri the schema takes: all five artifact URIs reach status intact."""
     out = "s3://lipsync/renders/" + "x" * (512 - len("s3://lipsync/renders/"))
     manifest = cluster_job(tmp_path, f"{bucket}/face.mp4", f"{bucket}/speech.wav", out=out)
     pod, _ = run_pod(manifest, tmp_path)
@@ -188,7 +188,7 @@ def test_long_output_uri_termination_message_fits_and_parses(bucket, tmp_path):
     assert json.loads(message)["artifacts"]["video"] == f"{out}/output.mp4"
     st = status.from_job(None, finished_job(manifest, "Complete"), [pod], generation=1, now="2026-11-25T10:00:02Z")
     assert st["artifacts"] == {"video": f"{out}/output.mp4", "preview": f"{out}/preview.jpg",
-                               "metrics": f"{out}/metrics.json", "log": f"{out}/run.log"}
+                               "track": f"{out}/track.json", "metrics": f"{out}/metrics.json", "log": f"{out}/run.log"}
 
 
 def test_a_longer_output_uri_is_refused_up_front():
@@ -206,7 +206,8 @@ def test_result_text_always_fits_and_parses():
 
     out = "s3://lipsync/" + "z" * 499
     artifacts = {k: f"{out}/{n}" for k, n in (("video", "output.mp4"), ("preview", "preview.jpg"),
-                                              ("metrics", "metrics.json"), ("log", "run.log"))}
+                                              ("track", "track.json"), ("metrics", "metrics.json"),
+                                              ("log", "run.log"))}
     for message in ("é😀" * 5000, "x" * 100_000, 'quote " and \\ backslash \n' * 900, ""):
         for arts in (artifacts, {k: v + "/" + "w" * 3000 for k, v in artifacts.items()}):
             text = result_text({"phase": "Failed", "reason": "ModelFailed", "message": message, "artifacts": arts})

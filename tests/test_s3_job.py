@@ -49,8 +49,10 @@ def test_job_round_trip_on_s3(s3_server, inputs, tmp_path):
     assert result["phase"] == "Succeeded"
     assert result["artifacts"] == {
         "video": "s3://lipsync/renders/promo/output.mp4", "preview": "s3://lipsync/renders/promo/preview.jpg",
+        "track": "s3://lipsync/renders/promo/track.json",
         "log": "s3://lipsync/renders/promo/run.log", "metrics": "s3://lipsync/renders/promo/metrics.json"}
-    assert keys("renders/") == [f"renders/promo/{n}" for n in ("metrics.json", "output.mp4", "preview.jpg", "run.log")]
+    assert keys("renders/") == [f"renders/promo/{n}" for n in ("metrics.json", "output.mp4", "preview.jpg", "run.log",
+                                                                   "track.json")]
     out = tmp_path / "downloaded.mp4"
     s3.download("s3://lipsync/renders/promo/output.mp4", out)
     assert packet_md5(out) == packet_md5(inputs["audio"])  # the original speech, copied
@@ -104,7 +106,8 @@ def test_server_restarted_in_the_middle_of_the_upload(s3_server, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     first = s3_server.incarnations()[0]
     assert any(".tmp/output.mp4" in r.path and "partNumber=" in r.path for r in first), "killed mid-upload"
-    assert keys("renders/") == [f"renders/promo/{n}" for n in ("metrics.json", "output.mp4", "preview.jpg", "run.log")]
+    assert keys("renders/") == [f"renders/promo/{n}" for n in ("metrics.json", "output.mp4", "preview.jpg", "run.log",
+                                                                   "track.json")]
     out = tmp_path / "back.mp4"
     s3.download("s3://lipsync/renders/promo/output.mp4", out)
     assert out.stat().st_size > 10 * 1024 * 1024

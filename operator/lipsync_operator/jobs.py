@@ -152,6 +152,7 @@ def job_manifest(job: LipSyncJob, settings: Settings, step: str = RENDER, *,
         {"name": IN_CLUSTER_ENV, "value": "1"},
         *({"name": k, "value": v} for k, v in sorted(settings.cluster_policy(meta.namespace).env().items())),
         *({"name": k, "value": v} for k, v in sorted(settings.runner_limits_env().items())),
+        *({"name": k, "value": v} for k, v in sorted(settings.runner_cache_env(meta.namespace).items())),
         # The root filesystem is read-only: everything the runner (and torch, ffmpeg, a model's
         # program) writes goes to the size-limited /tmp volume.
         {"name": "TMPDIR", "value": SCRATCH},

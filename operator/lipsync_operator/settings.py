@@ -43,6 +43,11 @@ variable                             meaning                        default
                                      must go; ``{namespace}`` is
                                      replaced, e.g.
                                      ``s3://renders/{namespace}/``
+``LIPSYNC_TRACK_CACHE``              where each namespace's face     (none: every job tracks
+                                     tracks are kept for reuse by    its video itself)
+                                     later jobs on the same video;
+                                     ``{namespace}`` is replaced,
+                                     e.g. ``s3://tracks/{namespace}/``
 ``LIPSYNC_COMMAND_POLICY``           JSON object: namespace (or     ``{}`` (no ``command`` model
                                      ``*``) → programs a ``command``  anywhere)
                                      model may run (``["*"]``: any)
@@ -97,6 +102,7 @@ class Settings:
     command_policy: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     job_namespaces: tuple[str, ...] = ()  # empty: every namespace (a ClusterRole's worth of access)
     output_prefix: str | None = None  # a template: {namespace} is replaced
+    track_cache: str | None = None  # a template: {namespace} is replaced
     runner_ephemeral_storage: str | None = None
     scratch_size_limit: str | None = None
     max_input_bytes: int | None = None
@@ -108,6 +114,11 @@ class Settings:
         pairs = (("LIPSYNC_MAX_INPUT_BYTES", self.max_input_bytes), ("LIPSYNC_MAX_WEIGHTS_BYTES", self.max_weights_bytes),
                  ("LIPSYNC_DOWNLOAD_DEADLINE_SECONDS", self.download_deadline_seconds))
         return {k: str(v) for k, v in pairs if v is not None}
+
+    def runner_cache_env(self, namespace: str) -> dict[str, str]:
+        """The runner's track cache (lipsync.video.trackcache) for a job in ``namespace``: that
+        namespace's own prefix, so no team reads another's tracks or plants one in them."""
+        return {"LIPSYNC_TRACK_CACHE": self.track_cache.replace("{namespace}", namespace)} if self.track_cache else {}
 
     def cluster_policy(self, namespace: str) -> ClusterPolicy:
         """What a LipSyncJob in ``namespace`` may ask for (lipsync.policy), the runner's copy included."""
@@ -176,8 +187,19 @@ class Settings:
             raise SettingsError(f"LIPSYNC_OUTPUT_PREFIX={output_prefix!r} must hold {{namespace}}: one prefix "
                                 "for every namespace would let them overwrite each other")
 
+        track_cache = text("LIPSYNC_TRACK_CACHE")
+        if track_cache is not None and track_cache.lower() == "off":  # as the runner reads it
+            track_cache = None
+        if track_cache is not None and not track_cache.startswith("s3://"):
+            raise SettingsError(f"LIPSYNC_TRACK_CACHE={track_cache!r} must be an s3:// prefix the runner pods can "
+                                "reach, e.g. s3://tracks/{namespace}/")
+        if track_cache is not None and "{namespace}" not in track_cache:
+            raise SettingsError(f"LIPSYNC_TRACK_CACHE={track_cache!r} must hold {{namespace}}: one prefix for every "
+                                "namespace would let one team's jobs read, or plant, another's face tracks")
+
         return cls(
             output_prefix=output_prefix,
+            track_cache=track_cache,
             runner_ephemeral_storage=text("LIPSYNC_RUNNER_EPHEMERAL_STORAGE"),
             scratch_size_limit=text("LIPSYNC_SCRATCH_SIZE_LIMIT"),
             max_input_bytes=optional("LIPSYNC_MAX_INPUT_BYTES"),

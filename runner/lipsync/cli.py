@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -202,9 +203,10 @@ def cmd_track(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .io.probe import probe_video
-    from .pipeline import scan_video
+    from .io.fetch import sha256
+    from .pipeline import scan_video, track_key
     from .spec import FaceSpec
-    from .video import track
+    from .video import track, trackcache
 
     try:
         try:
@@ -218,9 +220,16 @@ def cmd_track(args: argparse.Namespace) -> int:
         if not video.is_file():
             raise InputNotFound(f"video {str(video)!r} does not exist or is not a file", stage="track")
         info = probe_video(video, field="video")
-        sc = scan_video(video, info, face, field="video")
+        where = trackcache.location()  # a render of this video afterwards reuses this scan, and back
+        key = track_key(face, info, {"video": sha256(video)}, Path.cwd()) if where is not None else None
+        cache = trackcache.TrackCache(where) if where is not None and key is not None else None
+        cached = cache.load(key) if cache is not None and key is not None else None
+        sc = cached or scan_video(video, info, face, field="video")
         padding = face.padding if face.padding is not None else 0.25
         boxes = track.build_track(sc, fps=float(info.fps), padding=padding, every=face.detect_every)
+        if cache is not None and key is not None and cached is None and any(b is not None for b in boxes):
+            with tempfile.TemporaryDirectory() as tmp:
+                cache.save(key, sc, Path(tmp))
     except LipSyncError as e:
         print(str(e), file=sys.stderr)
         return e.exit_code

@@ -59,7 +59,7 @@ _FALLBACK_DESCRIPTIONS = {
     "ModelSpec": "The lip-sync model and its weights and options.",
     "FaceSpec": "Which face in the video is re-animated, and how it is found.",
     "TimingSpec": "What decides the output's length when video and speech differ.",
-    "OutputSpec": "Where and how the artifacts (output.mp4, preview.jpg, metrics.json, run.log) are written.",
+    "OutputSpec": "Where and how the artifacts (output.mp4, preview.jpg, track.json, metrics.json, run.log) are written.",
     "Condition": "A kstatus condition: Ready, Stalled or Reconciling.",
 }
 

@@ -38,7 +38,7 @@ from . import render as render_engine
 from .chunks.render import RenderTask, default_workers, prepared_model, render_chunks
 from .chunks.stitch import MissingChunk, fill_sheet, stitch
 from .chunks.workers import run_workers
-from .video import track
+from .video import track, trackcache
 from .video.decode import FrameReader, decode_command
 from .video.remux import audio_plan, remux
 from .video.source import source_index
@@ -183,9 +183,31 @@ def scan_video(video: Path, info: VideoInfo, face: FaceSpec, *, weights: Path | 
         return track.scan(frames(), scale, face, weights=weights)
 
 
+@dataclass(frozen=True)
+class Tracked:
+    """The track stage's result: the crop box of every source frame (None: passes through), the
+    scan they were built from, and whether that scan was computed now or reused from the track
+    cache (``cache``: the entry's URI; None without a cache)."""
+
+    boxes: list[track.CropBox | None]
+    scan: track.Scan
+    reused: bool = False
+    cache: str | None = None
+
+
 def track_faces(spec: LipSyncJobSpec, video: Path, info: VideoInfo, on_progress: Callable[[float], None],
-                detector_weights: Path | None = None) -> tuple[list[track.CropBox | None], track.Scan]:
-    sc = scan_video(video, info, spec.face, weights=detector_weights, on_progress=on_progress)
+                detector_weights: Path | None = None, *, cache_key: str | None = None,
+                scratch: Path | None = None) -> Tracked:
+    """Scan ``video`` (or take the scan cached under ``cache_key``) and build its track.
+
+    Raises InvalidMedia when the video decodes to no frames, NoFaceFound when no frame has a
+    face; neither is cached."""
+    where = trackcache.location() if cache_key is not None else None
+    cache = trackcache.TrackCache(where) if where is not None else None
+    sc = cache.load(cache_key) if cache is not None and cache_key is not None else None
+    reused = sc is not None
+    if sc is None:
+        sc = scan_video(video, info, spec.face, weights=detector_weights, on_progress=on_progress)
     if sc.frames == 0:
         raise InvalidMedia(f"spec.video {str(video)!r} decoded to no frames: is the file complete?", stage="track")
     boxes = track.build_track(sc, fps=float(info.fps), padding=spec.padding, every=spec.face.detect_every)
@@ -193,8 +215,26 @@ def track_faces(spec: LipSyncJobSpec, video: Path, info: VideoInfo, on_progress:
         raise NoFaceFound(
             f"no face was found in any of the {sc.frames} frames of spec.video: the speaker must face the camera; "
             "try a clip where the face is larger or better lit", stage="track")
+    if cache is not None and cache_key is not None and not reused:
+        cache.save(cache_key, sc, scratch or Path(tempfile.gettempdir()))
+    uri = cache.entry_uri(cache_key) if cache is not None and cache_key is not None else None
+    log.event(f"face track {'reused from' if reused else 'computed'}" + (f" {uri}" if reused else ""),
+              event="track", track="reused" if reused else "computed", cache=uri)
     on_progress(1.0)
-    return boxes, sc
+    return Tracked(boxes, sc, reused, uri)
+
+
+def track_key(face: FaceSpec, info: VideoInfo, checksums: dict[str, str], base_dir: Path) -> str | None:
+    """The track cache key (video.trackcache) of a video with these checksums ("video", and
+    "face_weights" when they were fetched) and face settings; None when a local detector weights
+    file cannot be read (the scan then says what is wrong with it)."""
+    weights_sum = checksums.get("face_weights")
+    if face.weights and weights_sum is None:
+        local = local_path(resolve(face.weights, base_dir))
+        if not local.is_file():
+            return None
+        weights_sum = sha256(local)
+    return trackcache.key(checksums["video"], face, info, weights_sum)
 
 
 @dataclass(frozen=True)
@@ -343,8 +383,10 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
     progress.update("fetch", 1.0)
 
     with stage(metrics, "track") as fig:
-        boxes, sc = track_faces(spec, video, video_info, lambda f: progress.update("track", f), detector_weights)
-        fig.frames = sc.frames
+        tracked = track_faces(spec, video, video_info, lambda f: progress.update("track", f), detector_weights,
+                              cache_key=track_key(spec.face, video_info, checksums, base_dir), scratch=scratch)
+        boxes, sc = tracked.boxes, tracked.scan
+        fig.frames = 0 if tracked.reused else sc.frames
         plan = make_plan(spec, video_info, audio_info, sc.frames)
         order = plan.order()
         log.event(f"planned {plan.n_out} output frames from {plan.n_src} at {plan.fps:.3f} fps", event="plan",
@@ -411,10 +453,14 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
                       "carried": carry.as_dict()},
             "output": {"frames": plan.n_out, "duration_s": round(plan.n_out / plan.fps, 4)},
             "face_track": {"frames_with_face": with_face, "frames_without_face": plan.n_out - with_face,
-                           "detector_calls": sc.detector_calls, "shots": len(sc.cuts),
-                           "box_jitter": track.jitter(boxes)},
+                           "detector_calls": 0 if tracked.reused else sc.detector_calls, "shots": len(sc.cuts),
+                           "box_jitter": track.jitter(boxes),
+                           "track": "reused" if tracked.reused else "computed", "cache": tracked.cache},
         })
-        files = {carry.filename: output}
+        (scratch / "track.json").write_text(json.dumps(track.to_json(
+            sc, boxes, width=video_info.width, height=video_info.height, fps=float(video_info.fps),
+            face=spec.face, padding=spec.padding)))
+        files = {carry.filename: output, "track.json": scratch / "track.json"}
         if sheet.write(scratch / "preview.jpg", plan.fps):
             files["preview.jpg"] = scratch / "preview.jpg"
         if verdict != "absent":  # replacing a render: it must stop looking finished before any file changes

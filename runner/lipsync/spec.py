@@ -291,7 +291,7 @@ class LipSyncJobStatus(_Model):
     stage: str | None = Field(None, description="Where the render is: starting, then fetch, track, render, remux, publish, then done.")
     started_at: str | None = Field(None, description="When the render's Job started (RFC 3339).")
     finished_at: str | None = Field(None, description="When it succeeded or failed (RFC 3339).")
-    artifacts: dict[str, str] | None = Field(None, description="URIs of video, preview, metrics and log.")
+    artifacts: dict[str, str] | None = Field(None, description="URIs of video, preview, track, metrics and log.")
     reason: str | None = Field(None, description="Why it failed: a reason code such as NoFaceFound or InvalidWeights.")
     message: str | None = Field(None, description="What happened and what to do, for a person.")
     observed_generation: int | None = Field(None, description="The spec generation this status describes.")

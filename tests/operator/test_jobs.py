@@ -153,3 +153,11 @@ def test_runner_memory_is_requested_and_limited():
     manifest = job_manifest(parse_job(doc), Settings(runner_memory="8Gi"))
     resources = manifest["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert resources["requests"]["memory"] == resources["limits"]["memory"] == "8Gi"
+
+
+def test_the_runner_gets_its_namespaces_track_cache():
+    env = {e["name"]: e.get("value") for e in container(job_manifest(
+        job(), Settings(track_cache="s3://lipsync-tracks/{namespace}/")))["env"]}
+    assert env["LIPSYNC_TRACK_CACHE"] == "s3://lipsync-tracks/renders/"
+    env = {e["name"] for e in container(job_manifest(job(), Settings()))["env"]}
+    assert "LIPSYNC_TRACK_CACHE" not in env  # none configured: the runner keeps none in the cluster

@@ -95,3 +95,13 @@ def test_output_prefix_is_per_namespace():
     for bad in ("s3://renders/shared/", "/tmp/{namespace}"):
         with pytest.raises(SettingsError, match="LIPSYNC_OUTPUT_PREFIX"):
             Settings.from_env({"LIPSYNC_OUTPUT_PREFIX": bad})
+
+
+def test_track_cache_is_per_namespace():
+    s = Settings.from_env({"LIPSYNC_TRACK_CACHE": "s3://lipsync-tracks/{namespace}/"})
+    assert s.runner_cache_env("team-a") == {"LIPSYNC_TRACK_CACHE": "s3://lipsync-tracks/team-a/"}
+    assert Settings.from_env({}).runner_cache_env("team-a") == {}
+    assert Settings.from_env({"LIPSYNC_TRACK_CACHE": "off"}).runner_cache_env("team-a") == {}
+    for bad in ("s3://lipsync-tracks/shared/", "/var/cache/{namespace}"):
+        with pytest.raises(SettingsError, match="LIPSYNC_TRACK_CACHE"):
+            Settings.from_env({"LIPSYNC_TRACK_CACHE": bad})

@@ -24,6 +24,7 @@ ARTIFACTS = {  # name in the output -> (key in status.artifacts, content type)
     "output.mp4": ("video", "video/mp4"),
     "output.mov": ("video", "video/quicktime"),  # speech MP4 cannot carry exactly (video.remux)
     "preview.jpg": ("preview", "image/jpeg"),
+    "track.json": ("track", "application/json"),  # the face track (video.track.to_json), as `lipsync track --json`
     "run.log": ("log", "text/plain"),
     "metrics.json": ("metrics", "application/json"),
 }
