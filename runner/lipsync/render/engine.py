@@ -26,11 +26,9 @@ from ..preview import TILE, Sheet
 from ..video import overlay
 from ..video.track import CropBox
 from .colour import Converter
-from .frames import FramePool, Picture, PlanarWriter
+from .frames import PREFETCH, WRITE_DEPTH, FramePool, Picture, PlanarWriter
 from .timeline import Timeline
 
-PREFETCH = 4  # decoded frames ready ahead of the loop
-ENCODE_DEPTH = 4  # pictures queued for the encoder
 
 
 def frames_in_flight(frame_bytes: int, batch_size: int) -> int:
@@ -68,7 +66,7 @@ class Engine:
         in_flight = frames_in_flight(timeline.layout.frame_bytes, self.batch_size)
         batch = max(1, min(self.batch_size, in_flight // 2))
         # two batches (one at the model, one filling) + the decoder's and the encoder's queues
-        pool = FramePool(timeline.layout, 2 * batch + PREFETCH + ENCODE_DEPTH + 4)
+        pool = FramePool(timeline.layout, 2 * batch + PREFETCH + WRITE_DEPTH + 4)
         size = self.model.crop_size or 256
         pad = bool(getattr(self.model, "pad_batches", False))
         groups: deque[_Group] = deque()  # submitted to the model, not yet blended
@@ -76,7 +74,7 @@ class Engine:
         with contextlib.ExitStack() as stack:
             executor = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="model"))
             stack.callback(_cancel, groups)
-            writer = stack.enter_context(PlanarWriter(writer_argv, pool.put, depth=ENCODE_DEPTH))
+            writer = stack.enter_context(PlanarWriter(writer_argv, pool.put, depth=WRITE_DEPTH))
             frames = stack.enter_context(contextlib.closing(timeline.pictures(pool, n_out, first)))
 
             def submit(group: _Group) -> None:

@@ -108,6 +108,10 @@ class Picture:
         return self
 
 
+PREFETCH = 2  # decoded frames a reader keeps ready: the decoder outruns the render, so 2 cover its jitter
+WRITE_DEPTH = 2  # pictures queued for the encoder: one being written, one waiting; more only hold memory
+
+
 class FramePool:
     """``count`` reusable frame buffers; ``get`` blocks until one is given back with ``put``.
 
@@ -219,7 +223,7 @@ class PlanarReader:
     must ``pool.put`` it back. Raises InvalidMedia (naming ``field``) when ffmpeg fails.
     """
 
-    def __init__(self, argv: list[str], pool: FramePool, *, field: str = "spec.video", prefetch: int = 4) -> None:
+    def __init__(self, argv: list[str], pool: FramePool, *, field: str = "spec.video", prefetch: int = PREFETCH) -> None:
         self.pool, self.field = pool, field
         self._errors = tempfile.TemporaryFile()
         try:
@@ -301,7 +305,7 @@ class PlanarWriter:
     and hands each back with ``release`` once written. On success ``close`` waits for the file;
     on any error the encoder is killed, so no half-written file looks finished."""
 
-    def __init__(self, argv: list[str], release: Callable[[Picture], None], *, depth: int = 4) -> None:
+    def __init__(self, argv: list[str], release: Callable[[Picture], None], *, depth: int = WRITE_DEPTH) -> None:
         self._release = release
         self._errors = tempfile.TemporaryFile()
         try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import env
 from ..errors import InvalidMedia
 from ..video.source import source_index
-from .frames import FramePool, Layout, Picture, PlanarReader, decode_args, decoder_threads
+from .frames import PREFETCH, FramePool, Layout, Picture, PlanarReader, decode_args, decoder_threads
 
 SEEKABLE = ("mov", "mp4", "matroska", "webm")  # ffprobe format names whose index makes -ss exact
 
@@ -47,7 +47,7 @@ class Timeline:
     def seekable(self) -> bool:
         return any(name in self.container.split(",") for name in SEEKABLE)
 
-    def reader(self, pool: FramePool, start: int = 0, frames: int | None = None, prefetch: int = 4) -> PlanarReader:
+    def reader(self, pool: FramePool, start: int = 0, frames: int | None = None, prefetch: int = PREFETCH) -> PlanarReader:
         argv = decode_args(self.path, self.layout, fps=self.fps, start_time=self.start_time,
                            source_size=self.source_size, start_frame=start, frames=frames, seek=self.seekable,
                            threads=decoder_threads())
