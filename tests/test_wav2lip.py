@@ -113,6 +113,26 @@ def test_published_checkpoint_reproduces_reference_forward(net: Wav2Lip, referen
     np.testing.assert_allclose(out, np.load(REFERENCE_DIR / "wav2lip_out_reference.npy"), atol=1e-4, rtol=0)
 
 
+def test_the_weights_are_held_once(published_checkpoint: Path, formula_state) -> None:
+    """The network is built on the meta device (no memory, no random initialisation) and takes the
+    checkpoint's tensors as its own: nothing is left on meta, every value is the checkpoint's."""
+    from lipsync.models.checkpoint import load_checked
+
+    built: list[torch.device] = []
+
+    def build() -> Wav2Lip:
+        net = Wav2Lip()
+        built.append(next(net.parameters()).device)
+        return net
+
+    net = load_checked(build, published_checkpoint, "Wav2Lip generator")
+    assert built == [torch.device("meta")]
+    loaded = net.state_dict()
+    assert all(t.device.type == "cpu" for t in loaded.values())
+    assert loaded.keys() == formula_state.keys()
+    assert all(torch.equal(loaded[k], formula_state[k]) for k in loaded)
+
+
 def test_bare_state_dict_and_file_objects_load(tmp_path: Path, reference_mel: np.ndarray) -> None:
     bare = write_formula_checkpoint(tmp_path / "bare.pth", published_form=False)
     assert not any(k.startswith("module.") for k in torch.load(bare, weights_only=True))

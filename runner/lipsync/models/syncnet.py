@@ -59,4 +59,4 @@ class SyncNetColor(nn.Module):
 
 def load_syncnet(source: PathOrFile, device: str | torch.device = "cpu") -> SyncNetColor:
     """The expert with the checkpoint's weights, eval mode; InvalidWeights as for the generator."""
-    return load_checked(SyncNetColor(), source, "SyncNet expert", device)
+    return load_checked(SyncNetColor, source, "SyncNet expert", device)

@@ -148,7 +148,7 @@ def load_wav2lip(source: PathOrFile, device: str | torch.device = "cpu") -> Wav2
     wrong, for a missing, unreadable or truncated file, for another model's checkpoint and for
     wrong shapes: a bad checkpoint must fail the job before any frame is decoded.
     """
-    return load_checked(Wav2Lip(), source, "Wav2Lip generator", device)
+    return load_checked(Wav2Lip, source, "Wav2Lip generator", device)
 
 
 # ---------------------------------------------------------------------------- device choice
