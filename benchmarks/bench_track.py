@@ -12,6 +12,8 @@ Prints:
 2. the found-face rate on a size sweep, the face 2 %–30 % of the 1080p frame's longer side, at
    random places on the sample's background (a hit: a box centred within a quarter of the face's
    side of the true centre), and the false faces found on the bare background;
+2b. the found-face rate toward profile: the photograph turned about its vertical axis (a card:
+   foreshortening, not the far eye hidden as a real head hides it), 0°–80°;
 3. ``build_track`` seconds for a 5-minute and a 60-minute scan (linear: the ratio is about 12).
 
 "Before" is the track module as it was at commit ``BEFORE`` (Haar on a 640 px BGR copy), read
@@ -144,6 +146,25 @@ def main() -> None:
             return mod.detect_faces(small[0], scale, "yunet" if kw else "haar", kw.get("weights"))
         rates = found_rate(detect, sizes, tries)
         print(f"   {name:28s}" + " ".join(f"{r:5.0%}" for r in rates) + f"   {len(detect(bare))}", flush=True)
+
+    sys.path.insert(0, str(ROOT))
+    from tests.test_faces import turned  # the photograph turned about its vertical axis (a card)
+
+    yaws = [0, 15, 30, 45, 60, 70, 75, 80]
+    print("2b. found-face rate toward profile: the photograph turned by yaw degrees, both ways, plain and "
+          "mirrored (12 % of the width)")
+    print("   yaw       " + " ".join(f"{y:4d}°" for y in yaws))
+    for name, mod, grey, kw in variants[1:]:
+        hits = []
+        for y in yaws:
+            frames = [turned(sign * y, 0.12 * W, mirror=m) for sign in (1, -1) for m in (False, True)]
+            found = 0
+            for frame in frames:
+                small, scale = analysis_frames([frame], mod, grey)
+                boxes = mod.detect_faces(small[0], scale, "yunet" if kw else "haar", kw.get("weights"))
+                found += any(abs(b.cx - W / 2) < 0.15 * 0.12 * W for b in boxes)
+            hits.append(found / len(frames))
+        print(f"   {name:28s}" + " ".join(f"{r:5.0%}" for r in hits), flush=True)
 
     print("3. build_track on a synthetic scan (a face found 2 s in every 3)")
     times = []
