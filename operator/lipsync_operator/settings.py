@@ -179,23 +179,22 @@ class Settings:
         def optional(name: str) -> int | None:
             return number(name, None, minimum=1) if text(name) is not None else None
 
-        output_prefix = text("LIPSYNC_OUTPUT_PREFIX")
-        if output_prefix is not None and not output_prefix.startswith("s3://"):
-            raise SettingsError(f"LIPSYNC_OUTPUT_PREFIX={output_prefix!r} must be an s3:// prefix, e.g. "
-                                "s3://renders/{namespace}/")
-        if output_prefix is not None and "{namespace}" not in output_prefix:
-            raise SettingsError(f"LIPSYNC_OUTPUT_PREFIX={output_prefix!r} must hold {{namespace}}: one prefix "
-                                "for every namespace would let them overwrite each other")
+        def namespace_prefix(name: str, example: str, why: str) -> str | None:
+            """An s3:// template holding {namespace}: each namespace gets a prefix of its own."""
+            value = text(name)
+            if value is None or value.lower() == "off":  # "off" as the runner reads it
+                return None
+            if not value.startswith("s3://"):
+                raise SettingsError(f"{name}={value!r} must be an s3:// prefix the runner pods can reach, "
+                                    f"e.g. {example}")
+            if "{namespace}" not in value:
+                raise SettingsError(f"{name}={value!r} must hold {{namespace}}: one prefix for every namespace {why}")
+            return value
 
-        track_cache = text("LIPSYNC_TRACK_CACHE")
-        if track_cache is not None and track_cache.lower() == "off":  # as the runner reads it
-            track_cache = None
-        if track_cache is not None and not track_cache.startswith("s3://"):
-            raise SettingsError(f"LIPSYNC_TRACK_CACHE={track_cache!r} must be an s3:// prefix the runner pods can "
-                                "reach, e.g. s3://tracks/{namespace}/")
-        if track_cache is not None and "{namespace}" not in track_cache:
-            raise SettingsError(f"LIPSYNC_TRACK_CACHE={track_cache!r} must hold {{namespace}}: one prefix for every "
-                                "namespace would let one team's jobs read, or plant, another's face tracks")
+        output_prefix = namespace_prefix("LIPSYNC_OUTPUT_PREFIX", "s3://renders/{namespace}/",
+                                         "would let them overwrite each other")
+        track_cache = namespace_prefix("LIPSYNC_TRACK_CACHE", "s3://lipsync-tracks/{namespace}/",
+                                       "would let one team's jobs read, or plant, another's face tracks")
 
         return cls(
             output_prefix=output_prefix,
