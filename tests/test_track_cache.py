@@ -127,11 +127,16 @@ def test_a_render_reuses_the_track_lipsync_track_made(media, tmp_path):
                          text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(RUNNER), "LIPSYNC_TRACK_CACHE": str(cache)})
     assert cli.returncode == 0, cli.stderr
-    assert len(list(cache.glob("*.json"))) == 1
+    (entry,) = cache.glob("*.json")
+    assert f"track computed, kept in {entry}" in cli.stdout
     env, seen = watched_tools(tmp_path)
     proc, out = render(tmp_path, "t", media["video"], media["english"], str(cache), env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert metrics(out)["face_track"]["track"] == "reused" and track_decodes(seen) == 0
+    again = subprocess.run([sys.executable, "-m", "lipsync.cli", "track", str(media["video"])], capture_output=True,
+                           text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(RUNNER), "LIPSYNC_TRACK_CACHE": str(cache)})
+    assert again.returncode == 0 and f"track reused from {entry}" in again.stdout, again.stdout + again.stderr
 
 
 def test_a_damaged_entry_is_recomputed_and_replaced(media, tmp_path):
@@ -159,8 +164,10 @@ def test_an_unwritable_cache_does_not_fail_the_job(media, tmp_path):
     blocked.write_text("a file where the cache folder should be")
     proc, out = render(tmp_path, "t", media["video"], media["english"], str(blocked))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert metrics(out)["face_track"]["track"] == "computed"
-    assert "could not write the track cache entry" in (out / "run.log").read_text()
+    m = metrics(out)
+    assert m["face_track"]["track"] == "computed" and m["face_track"]["cache"] is None  # nothing was kept
+    warning = f"LIPSYNC_TRACK_CACHE={str(blocked)!r} is a file, not a folder: give a folder, an s3:// prefix, or 'off'"
+    assert warning in (out / "run.log").read_text()
 
 
 def test_a_video_without_a_face_is_not_cached(media, tmp_path):
@@ -217,8 +224,30 @@ def test_the_key_holds_what_the_scan_depends_on(media):
             == trackcache.key("a" * 64, FaceSpec(detector="yunet", weights="s3://models/yunet.onnx"), info, "c" * 64))
 
 
+def test_an_unreachable_s3_cache_is_given_up_on_once(monkeypatch, tmp_path):
+    """A cache store that does not answer costs its own short bound once, not the job's S3 bound
+    on every read and write."""
+    import time
+
+    port = s3server.free_port()  # nothing listens there: every connection is refused (transient)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("LIPSYNC_S3_RETRY_SECONDS", "600")  # the job's own bound: not what the cache waits
+    monkeypatch.setattr(trackcache, "S3_RETRY_SECONDS", 1.0)
+    cache = trackcache.TrackCache("s3://tracks/team-a")
+    start = time.monotonic()
+    assert cache.load("a" * 64) is None and cache.broken
+    sc = trackcache.scan_from_json({"frames": 1, "detections": {}, "cuts": [0], "detector_calls": 0,
+                                    "landmarks": {}, "followed": {}, "searches": 0})
+    assert cache.save("a" * 64, sc, tmp_path) is False
+    assert time.monotonic() - start < 30
+
+
 def test_where_the_cache_lives():
     assert trackcache.location({"LIPSYNC_TRACK_CACHE": "off"}) is None
+    for off in ("none", "No", "false", "0", "disabled"):
+        assert trackcache.location({"LIPSYNC_TRACK_CACHE": off}) is None, off
     assert trackcache.location({"LIPSYNC_TRACK_CACHE": "OFF", "XDG_CACHE_HOME": "/c"}) is None
     assert trackcache.location({"LIPSYNC_TRACK_CACHE": "s3://b/tracks/team"}) == "s3://b/tracks/team"
     assert trackcache.location({"LIPSYNC_TRACK_CACHE": "/var/cache/t"}) == "/var/cache/t"

@@ -227,9 +227,12 @@ def cmd_track(args: argparse.Namespace) -> int:
         sc = cached or scan_video(video, info, face, field="video")
         padding = face.padding if face.padding is not None else 0.25
         boxes = track.build_track(sc, fps=float(info.fps), padding=padding, every=face.detect_every)
+        kept = False
         if cache is not None and key is not None and cached is None and any(b is not None for b in boxes):
             with tempfile.TemporaryDirectory() as tmp:
-                cache.save(key, sc, Path(tmp))
+                kept = cache.save(key, sc, Path(tmp))
+        source = (f"reused from {cache.entry_uri(key)}" if cached is not None and cache is not None and key else
+                  f"computed, kept in {cache.entry_uri(key)}" if kept and cache is not None and key else "computed")
     except LipSyncError as e:
         print(str(e), file=sys.stderr)
         return e.exit_code
@@ -245,7 +248,7 @@ def cmd_track(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps(doc))
         tmp.replace(args.json)
     found = sum(b is not None for b in boxes)
-    print(f"{found} of {sc.frames} frames have a face box; {len(sc.cuts)} shot(s); "
+    print(f"track {source}: {found} of {sc.frames} frames have a face box; {len(sc.cuts)} shot(s); "
           f"{sc.detector_calls} detector calls; jitter {doc['jitter']}" + (f"; written to {args.json}" if args.json else "") + (f"; drawn in {args.overlay}" if args.overlay else ""))
     return 0
 

@@ -215,11 +215,11 @@ def track_faces(spec: LipSyncJobSpec, video: Path, info: VideoInfo, on_progress:
         raise NoFaceFound(
             f"no face was found in any of the {sc.frames} frames of spec.video: the speaker must face the camera; "
             "try a clip where the face is larger or better lit", stage="track")
-    if cache is not None and cache_key is not None and not reused:
-        cache.save(cache_key, sc, scratch or Path(tempfile.gettempdir()))
-    uri = cache.entry_uri(cache_key) if cache is not None and cache_key is not None else None
-    log.event(f"face track {'reused from' if reused else 'computed'}" + (f" {uri}" if reused else ""),
-              event="track", track="reused" if reused else "computed", cache=uri)
+    kept = reused or (cache is not None and cache_key is not None
+                      and cache.save(cache_key, sc, scratch or Path(tempfile.gettempdir())))
+    uri = cache.entry_uri(cache_key) if kept and cache is not None and cache_key is not None else None
+    log.event(("face track reused from " if reused else "face track computed" + (", kept in " if uri else ""))
+              + (uri or ""), event="track", track="reused" if reused else "computed", cache=uri)
     on_progress(1.0)
     return Tracked(boxes, sc, reused, uri)
 
@@ -390,7 +390,8 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
         plan = make_plan(spec, video_info, audio_info, sc.frames)
         order = plan.order()
         log.event(f"planned {plan.n_out} output frames from {plan.n_src} at {plan.fps:.3f} fps", event="plan",
-                  job=name, faces=sum(b is not None for b in boxes), cuts=len(sc.cuts), detector_calls=sc.detector_calls)
+                  job=name, faces=sum(b is not None for b in boxes), cuts=len(sc.cuts),
+                  detector_calls=0 if tracked.reused else sc.detector_calls)
 
     with stage(metrics, "fetch"):
         model, inputs, ident = settle()

@@ -239,16 +239,17 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _retry(uri: str, op: Callable[[], T]) -> T:
+def _retry(uri: str, op: Callable[[], T], budget: float | None = None) -> T:
     """Run ``op``, retrying transient faults with exponential backoff and full jitter.
 
     Full jitter (a uniform draw up to the exponential ceiling) keeps many runners hitting a
     recovering MinIO from retrying in lockstep. The bound is on total time, not attempts, because
     what matters to a waiting render is how long it waits: the last attempt starts at the bound
     and may overrun it by its own timeout. Each call of ``_retry`` (one step: an upload, a copy,
-    a download) has its own bound, which is how long one outage is tolerated.
+    a download) has its own bound, which is how long one outage is tolerated: ``budget`` seconds,
+    by default ``LIPSYNC_S3_RETRY_SECONDS``.
     """
-    budget = retry_seconds()
+    budget = retry_seconds() if budget is None else budget
     start = time.monotonic()
     attempt = 0
     while True:
@@ -432,12 +433,16 @@ def _check_metadata(metadata: dict[str, str]) -> None:
 class S3Store:
     """Artifacts under an ``s3://bucket/prefix``, published atomically (see :meth:`put`)."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, retry_seconds: float | None = None) -> None:
         self.bucket, prefix = parse_s3_uri(uri)
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self._client = client_from_env()
         self._bucket_seen = False
+        self._budget = retry_seconds  # None: LIPSYNC_S3_RETRY_SECONDS; a cache that only saves work waits less
+
+    def _retry(self, uri: str, op: Callable[[], T]) -> T:
+        return _retry(uri, op, self._budget)
 
     def _key(self, name: str) -> str:
         rel = PurePosixPath(name)
@@ -455,7 +460,7 @@ class S3Store:
         """An artifact's bytes (small ones: metrics.json), or None if absent."""
         key = self._key(name)
         try:
-            return _retry(self._uri(key), lambda: self._read(key))
+            return self._retry(self._uri(key), lambda: self._read(key))
         except ObjectNotFound:
             return None
 
@@ -472,7 +477,7 @@ class S3Store:
         key = self._key(name)
         uri = self._uri(key)
         try:
-            stat = _retry(uri, lambda: self._client.stat_object(self.bucket, key))
+            stat = self._retry(uri, lambda: self._client.stat_object(self.bucket, key))
         except ObjectNotFound:
             self._require_bucket()
             return None
@@ -486,7 +491,7 @@ class S3Store:
         must not be the answer for a bucket that does not exist, or the render would run for an
         hour and then fail to publish."""
         if not self._bucket_seen:
-            if not _retry(self.uri, lambda: self._client.bucket_exists(self.bucket)):
+            if not self._retry(self.uri, lambda: self._client.bucket_exists(self.bucket)):
                 raise InputNotFound(f"{self.uri}: bucket {self.bucket!r} does not exist")
             self._bucket_seen = True
 
@@ -508,7 +513,7 @@ class S3Store:
         # Never more parts than S3 allows, whatever the configured size.
         chunk = max(part_size(), -(-Path(src).stat().st_size // MAX_MULTIPART_COUNT))
         try:
-            _retry(
+            self._retry(
                 uri,
                 lambda: self._client.fput_object(
                     self.bucket,
@@ -518,7 +523,7 @@ class S3Store:
                     part_size=chunk,
                 ),
             )
-            _retry(
+            self._retry(
                 uri,
                 lambda: self._client.compose_object(
                     self.bucket,
@@ -537,14 +542,14 @@ class S3Store:
         """Download ``name`` to ``dest`` (retried); None if absent."""
         key = self._key(name)
         try:
-            _retry(self._uri(key), lambda: self._client.fget_object(self.bucket, key, str(dest)))
+            self._retry(self._uri(key), lambda: self._client.fget_object(self.bucket, key, str(dest)))
         except ObjectNotFound:
             return None
         return dest
 
     def delete(self, name: str) -> None:
         key = self._key(name)
-        _retry(self._uri(key), lambda: self._client.remove_object(self.bucket, key))
+        self._retry(self._uri(key), lambda: self._client.remove_object(self.bucket, key))
 
     def _discard(self, tmp: str, *, patient: bool) -> None:
         """Delete a temporary key. After a failure one attempt is enough (the store is likely down
@@ -552,7 +557,7 @@ class S3Store:
         uri = self._uri(tmp)
         try:
             if patient:
-                _retry(uri, lambda: self._client.remove_object(self.bucket, tmp))
+                self._retry(uri, lambda: self._client.remove_object(self.bucket, tmp))
             else:
                 self._client.remove_object(self.bucket, tmp)
         except (LipSyncError, MinioException, *_TRANSPORT_ERRORS) as e:

@@ -456,7 +456,7 @@ def to_json(sc: Scan, boxes: list[CropBox | None], *, width: int, height: int, f
     return {
         "version": 1,
         "width": width, "height": height, "fps": fps, "frames_total": sc.frames,
-        "face": face.model_dump(by_alias=True, exclude_none=True, mode="json"), "padding": padding,
+        "face": face.model_dump(by_alias=True, exclude_none=True, exclude={"padding"}, mode="json"), "padding": padding,
         "cuts": list(sc.cuts), "detector_calls": sc.detector_calls,
         "detections": {str(k): (None if b is None else [r(b.x), r(b.y), r(b.w), r(b.h)])
                        for k, b in sorted(sc.detections.items())},

@@ -15,13 +15,15 @@ made of everything it depends on, and a later job with the same key skips the tr
   ``decode.py``, this module) and of the package and OpenCV versions. A new runner never trusts
   an older runner's scan.
 
-Where (``LIPSYNC_TRACK_CACHE``): a folder, or an ``s3://bucket/prefix`` (what a cluster uses:
-the operator sets it per namespace, so no team reads or writes another's entries); ``off``
-disables it. Unset: ``$XDG_CACHE_HOME/lipsync/tracks`` (``~/.cache/...``) on a workstation, and
+Where (``LIPSYNC_TRACK_CACHE``): a folder (a relative one from the current folder), or an
+``s3://bucket/prefix`` (what a cluster uses: the operator sets it per namespace, so no team reads
+or writes another's entries); ``off`` (or ``none``, ``no``, ``false``, ``0``) disables it. Unset: ``$XDG_CACHE_HOME/lipsync/tracks`` (``~/.cache/...``) on a workstation, and
 no cache in a cluster unless the operator configures one.
 
 The cache can only save work, never fail a job: an entry that cannot be read or parsed is
-reported as a warning and the track is computed; one that cannot be written likewise. Entries
+reported as a warning and the track is computed; one that cannot be written likewise. An S3
+cache store that does not answer is given ``S3_RETRY_SECONDS`` (not the job's own S3 bound), and
+once it has failed it is not tried again in that run. Entries
 are written atomically (a folder: a temporary file renamed; S3: the store's temporary key and
 copy). A scan that found no face is never stored.
 """
@@ -41,7 +43,7 @@ from typing import Any
 import cv2
 
 from .. import log
-from ..errors import InvalidSpec
+from ..errors import InvalidSpec, LipSyncError
 from ..io.probe import VideoInfo
 from ..policy import in_cluster
 from ..spec import FaceSpec
@@ -52,13 +54,18 @@ FORMAT = 1  # of an entry's JSON; part of the key
 _CODE = ("track.py", "faces.py", "decode.py", "trackcache.py")
 
 
+OFF = ("off", "none", "no", "false", "0", "disabled")  # what a user may write to turn it off
+S3_RETRY_SECONDS = 10.0  # a cache store that does not answer is given up on sooner than the job's own
+
+
 def location(env: dict[str, str] | None = None) -> str | None:
-    """Where the cache lives: a folder path or an ``s3://`` prefix; None when off.
+    """Where the cache lives: a folder path (relative: to the current folder) or an ``s3://``
+    prefix; None when off.
 
     Raises InvalidSpec for a value that is neither (e.g. ``http://...``)."""
     env = dict(os.environ) if env is None else env
     raw = env.get(ENV, "").strip()
-    if raw.lower() == "off":
+    if raw.lower() in OFF:
         return None
     if raw:
         if "://" in raw and not raw.startswith(("s3://", "file://")):
@@ -146,14 +153,27 @@ def scan_from_json(doc: Any) -> Scan:
 # ------------------------------------------------------------------------------ the store
 @dataclass
 class TrackCache:
-    """The cache at ``uri`` (a folder or ``s3://`` prefix): :meth:`load` and :meth:`save` by key."""
+    """The cache at ``uri`` (a folder or ``s3://`` prefix): :meth:`load` and :meth:`save` by key.
+
+    A store that fails once (unreadable, unreachable, a file where the folder should be) is not
+    tried again by this object: one warning, and the job goes on as if there were no cache."""
 
     uri: str
+    broken: bool = False
 
     def _store(self) -> Any:
-        from ..io.publish import open_store
+        from ..io.publish import LocalStore
+        from ..io.fetch import local_path
 
-        return open_store(self.uri)
+        if self.uri.startswith("s3://"):
+            from ..io.s3 import S3Store
+
+            return S3Store(self.uri, retry_seconds=S3_RETRY_SECONDS)
+        folder = local_path(self.uri)
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"{ENV}={self.uri!r} is a file, not a folder: give a folder, an s3:// "
+                                     "prefix, or 'off'")
+        return LocalStore(self.uri)
 
     def entry_uri(self, k: str) -> str:
         return f"{self.uri.rstrip('/')}/{k}.json"
@@ -164,8 +184,7 @@ class TrackCache:
         try:
             raw = self._store().get(f"{k}.json")
         except Exception as e:  # noqa: BLE001 - a cache that cannot be read is a cache miss, never a failed job
-            _warn(f"could not read the track cache entry {self.entry_uri(k)} ({type(e).__name__}: {e}); "
-                  "computing the track")
+            self._fail(f"could not read the track cache entry {self.entry_uri(k)}", e)
             return None
         if raw is None:
             return None
@@ -180,7 +199,9 @@ class TrackCache:
             return None
 
     def save(self, k: str, sc: Scan, scratch: Path) -> bool:
-        """Store ``sc`` under ``k``; False (with a warning) when the store refuses it."""
+        """Store ``sc`` under ``k``; False (with a warning) when the store refuses it, or failed before."""
+        if self.broken:
+            return False
         src = scratch / f"track-cache-{k}.json"
         try:
             src.write_text(json.dumps({"format": FORMAT, "key": k, "tracker": tracker_version(),
@@ -188,11 +209,15 @@ class TrackCache:
             self._store().put(f"{k}.json", src, content_type="application/json", metadata={})
             return True
         except Exception as e:  # noqa: BLE001 - nor one that cannot be written
-            _warn(f"could not write the track cache entry {self.entry_uri(k)} ({type(e).__name__}: {e}); "
-                  "the render goes on")
+            self._fail(f"could not write the track cache entry {self.entry_uri(k)}", e)
             return False
         finally:
             src.unlink(missing_ok=True)
+
+    def _fail(self, what: str, e: Exception) -> None:
+        self.broken = True
+        why = str(e) if isinstance(e, (LipSyncError, NotADirectoryError)) else f"{type(e).__name__}: {e}"
+        _warn(f"{what} ({why}); going on without the track cache")
 
 
 def _warn(message: str) -> None:
