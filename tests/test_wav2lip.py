@@ -131,6 +131,18 @@ def test_the_weights_are_held_once(published_checkpoint: Path, formula_state) ->
     assert all(t.device.type == "cpu" for t in loaded.values())
     assert loaded.keys() == formula_state.keys()
     assert all(torch.equal(loaded[k], formula_state[k]) for k in loaded)
+    # ... mapped from the file: chunk workers loading the same file share its pages
+    assert str(published_checkpoint) in Path("/proc/self/maps").read_text()
+
+
+def test_a_half_precision_checkpoint_loads_as_the_models_own_precision(tmp_path: Path, formula_state) -> None:
+    half = tmp_path / "half.pth"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in formula_state.items()}, half)
+    net = load_wav2lip(half)
+    loaded = net.state_dict()
+    assert all(v.dtype == formula_state[k].dtype for k, v in loaded.items())
+    k = next(k for k, v in formula_state.items() if v.is_floating_point())
+    assert torch.equal(loaded[k], formula_state[k].half().float())
 
 
 def test_bare_state_dict_and_file_objects_load(tmp_path: Path, reference_mel: np.ndarray) -> None:

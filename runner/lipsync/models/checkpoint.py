@@ -83,8 +83,12 @@ def read_checkpoint(source: PathOrFile, label: str) -> Any:
             f"{label} weights {where!r} are not a PyTorch checkpoint (a .pth file is a zip archive or a "
             f"legacy torch pickle); this is {_what_it_is(head)}: check the file or the URL it came from",
             stage=_STAGE)
+    # A checkpoint file in torch's zip format is mapped, not read: its tensors are the file's pages
+    # (the page cache), so processes that load the same file (chunk workers) share one copy, and
+    # the kernel may drop it under pressure. Legacy pickles and open files are read.
+    mapped = isinstance(source, (str, os.PathLike)) and head.startswith(_ZIP_MAGIC)
     try:
-        return torch.load(source, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True, mmap=mapped)
     except pickle.UnpicklingError as e:
         # torch's text advises weights_only=False, i.e. running the file's code: never here.
         found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
@@ -167,11 +171,16 @@ def load_checked(build: Callable[[], M], source: PathOrFile, label: str, device:
 
     The model is built on the meta device (shapes only, no memory, no random initialisation) and
     takes the checkpoint's tensors as its own (``assign``): the weights are in memory once, not
-    twice (a 145 MB Wav2Lip checkpoint: 336 → 190 MB over torch's own footprint)."""
+    twice (a 145 MB Wav2Lip checkpoint: 336 → 190 MB over torch's own footprint), and for a zip
+    checkpoint that once is the file's mapped pages, shared by every process that loads it."""
     where = describe(source)
     state = state_dict_of(read_checkpoint(source, label), label, where)
     with torch.device("meta"):
         model = build()
-    check_state_dict(state, model.state_dict(), label, where)
+    expected = model.state_dict()
+    check_state_dict(state, expected, label, where)
+    # assign takes each tensor as it is: one saved in another precision (a half checkpoint) is
+    # converted to the model's own, as copying into the model's parameters would have done
+    state = {k: v if v.dtype == expected[k].dtype else v.to(expected[k].dtype) for k, v in state.items()}
     model.load_state_dict(state, assign=True)
     return model.to(device).eval()
