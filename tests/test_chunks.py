@@ -180,6 +180,10 @@ def test_workers_and_shards_split_the_work(media, tmp_path):
     assert [index_of(f) for f in a] == [index_of(f) for f in b] == list(range(76))
     # the workers' encoders run with fewer threads each, and x264's output depends on its thread count
     assert float(np.abs(a.astype(int) - b.astype(int)).mean()) < 1.0
+    # each worker cut its chunks' preview tiles from its own frames, as one process does: the
+    # stitch step read them from the work area instead of decoding the chunks again
+    preview = (tmp_path / "one" / "preview.jpg").read_bytes()
+    assert (tmp_path / "two" / "preview.jpg").read_bytes() == preview
     # pods of an Indexed Job: each renders its share and publishes nothing; a plain run then stitches
     for index in range(2):
         part = run(tmp_path, "pods", media["video"], media["short"], "--shard", f"{index}/2",
@@ -191,6 +195,31 @@ def test_workers_and_shards_split_the_work(media, tmp_path):
     stats = json.loads((tmp_path / "pods" / "metrics.json").read_text())["chunks"]
     assert stats["reused"] == stats["count"] == 4 and stats["rendered"] == 0
     assert np.array_equal(decoded(tmp_path / "pods" / "output.mp4"), decoded(tmp_path / "one" / "output.mp4"))
+    assert (tmp_path / "pods" / "preview.jpg").read_bytes() == preview
+
+
+def test_a_chunks_preview_tiles_are_kept_with_it_and_a_damaged_set_is_ignored(tmp_path):
+    from lipsync.chunks import Chunk, WorkArea
+    from lipsync.io.publish import open_store
+
+    work = WorkArea(open_store(str(tmp_path / "work")), "k")
+    stream = tmp_path / "c.mp4"
+    stream.write_bytes(b"not really a video")
+    rng = np.random.default_rng(1)
+    tiles = [(i, rng.integers(0, 256, (240, 240, 3), np.uint8), rng.integers(0, 256, (240, 240, 3), np.uint8))
+             for i in (3, 7)]
+    with_tiles, without = Chunk(0, 0, 10), Chunk(1, 10, 20)
+    work.put(with_tiles, stream, tiles)
+    work.put(without, stream)
+    got = work.tiles(with_tiles)
+    assert [t[0] for t in got] == [3, 7]
+    assert all(np.array_equal(g[1], t[1]) and np.array_equal(g[2], t[2]) for g, t in zip(got, tiles))
+    assert work.tiles(without) == []
+    assert work.tiles(Chunk(2, 20, 30)) == []  # not finished
+    (tmp_path / "work" / "chunk-00000.tiles.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert work.tiles(with_tiles) == []  # the caller cuts them from the stitched file instead
+    work.clean([with_tiles, without])
+    assert not (tmp_path / "work").exists()
 
 
 def test_plan_and_shards():

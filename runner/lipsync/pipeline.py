@@ -292,6 +292,19 @@ def stitch_chunks(task: RenderTask, model: FrameModel, dest: Path) -> None:
     raise LipSyncError("chunks kept going missing from the work area while stitching", stage="stitch")
 
 
+def collect_tiles(task: RenderTask, sheet: Sheet) -> None:
+    """The preview tiles this process did not cut (chunks rendered by workers, other pods or an
+    earlier run), from the chunks' own tiles in the work area."""
+    missing = sheet.wanted - {t[0] for t in sheet.tiles}
+    work = task.work_area()
+    for c in chunks.plan_chunks(task.n_out, float(task.fps), task.spec.render.chunk_seconds):
+        if any(c.first <= i < c.last for i in missing):
+            for tile in work.tiles(c):
+                if tile[0] in missing:
+                    sheet.add(*tile)
+                    missing.discard(tile[0])
+
+
 def run_job(job: LipSyncJob, *, base_dir: Path = Path("."), force: bool = False, bar: bool = False,
             options: RunOptions = RunOptions()) -> Result:
     """Render one job end to end and publish its artifacts."""
@@ -415,7 +428,7 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
     else:
         task = RenderTask(spec, inputs.video, inputs.audio, inputs.weights, video_info, plan.n_src, plan.n_out,
                           video_info.fps, boxes, "", chunks.work_key(ident, spec.render.chunk_seconds),
-                          scratch / "chunks")
+                          scratch / "chunks", tuple(sorted(sheet.wanted)))
         task = replace(task, work_uri=f"{store.uri.rstrip('/')}/.work-{task.work_key}")
         with stage(metrics, "render") as fig:
             fig.frames, stats = render_chunked(task, model, options, on_render, sheet, speech)
@@ -425,7 +438,8 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
         with stage(metrics, "stitch") as fig:
             stitch_chunks(task, model, video_only)
             fig.frames = plan.n_out
-            if sheet.wanted - {t[0] for t in sheet.tiles}:
+            collect_tiles(task, sheet)
+            if sheet.wanted - {t[0] for t in sheet.tiles}:  # chunks from an older runner: cut from the file
                 rendered = render_engine.timeline_for(video_only, probe_video(video_only), plan.n_out)
                 fill_sheet(sheet, timeline, rendered, render_engine.converter_for(timeline, video_info), boxes, order)
         progress.update("stitch", 1.0)

@@ -40,6 +40,8 @@ class RenderTask:
     work_uri: str
     work_key: str
     scratch: Path
+    preview: tuple[int, ...] = ()  # the output frames whose tiles preview.jpg shows
+
 
     def work_area(self) -> WorkArea:
         return WorkArea(open_store(self.work_uri), self.work_key)
@@ -63,8 +65,9 @@ def render_chunks(task: RenderTask, chunks: list[Chunk], model: FrameModel,
     """Render ``chunks`` in order into the work area; returns the frames rendered.
 
     ``on_frames(n)`` reports ``n`` frames written so far within the current chunk; ``on_chunk`` each chunk
-    stored; ``sheet`` collects the preview tiles of the frames it wants as they pass. A chunk
-    interrupted by an error or a signal leaves nothing that counts as finished.
+    stored. Each chunk's preview tiles (``task.preview`` within its range) are cut as its frames
+    pass and stored with it; ``sheet`` collects them too. A chunk interrupted by an error or a
+    signal leaves nothing that counts as finished.
     """
     timeline = timeline_for(task.video, task.info, task.n_src)
     order = [source_index(i, task.n_src) for i in range(task.n_out)]
@@ -83,11 +86,15 @@ def render_chunks(task: RenderTask, chunks: list[Chunk], model: FrameModel,
         def progress(f: float, c: Chunk = chunk, base: int = done_before) -> None:
             on_frames(base + int(round(f * task.n_out)) - c.first)  # f: output frames written ÷ n_out
 
-        engine = Engine(model, converter, task.spec.padding, batch, sheet or Sheet([]), progress)
+        tiles = Sheet([i for i in task.preview if chunk.first <= i < chunk.last])
+        engine = Engine(model, converter, task.spec.padding, batch, tiles, progress)
         written = engine.run(timeline, order[:chunk.last], task.boxes, argv, first=chunk.first)
         if written != chunk.frames:
             raise RuntimeError(f"chunk {chunk.index} wrote {written} frames, planned {chunk.frames}")
-        work.put(chunk, stream)
+        work.put(chunk, stream, tiles.tiles)
+        if sheet is not None:
+            for tile in tiles.tiles:
+                sheet.add(*tile)
         stream.unlink(missing_ok=True)
         total += written
         on_chunk(chunk)
