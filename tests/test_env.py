@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from lipsync import env
+from lipsync import cpus, env
 from lipsync.chunks.render import default_workers
 from lipsync.errors import InvalidSpec
 from lipsync.io import limits, s3
 from lipsync.render.engine import encoder_threads, frames_in_flight
-from lipsync.render.frames import cpu_count, layout_for, decode_args, decoder_threads
+from lipsync.render.frames import layout_for, decode_args, decoder_threads
 from lipsync.render.timeline import window_frames
 
 LAYOUT = layout_for("yuv420p", 8, 1920, 1080)
@@ -20,6 +20,7 @@ READERS = {  # variable -> a call that reads it
     "LIPSYNC_ENCODER_THREADS": encoder_threads,
     "LIPSYNC_DECODER_THREADS": decoder_threads,
     "LIPSYNC_WORKERS": lambda: default_workers(8),
+    cpus.CPUS_ENV: cpus.budget,
     "LIPSYNC_MAX_INPUT_BYTES": limits.max_input_bytes,
     "LIPSYNC_MAX_WEIGHTS_BYTES": limits.max_weights_bytes,
     "LIPSYNC_DOWNLOAD_DEADLINE_SECONDS": lambda: limits.Deadline().seconds,
@@ -39,7 +40,7 @@ def test_a_value_that_is_not_a_usable_number_names_the_variable(monkeypatch, nam
 def test_values_are_used_and_defaults_apply(monkeypatch):
     for name in READERS:
         monkeypatch.delenv(name, raising=False)
-    assert decoder_threads() == max(1, min(4, cpu_count() // 4))
+    assert decoder_threads() == max(1, min(4, cpus.budget() // 4))
     assert encoder_threads() is None
     assert frames_in_flight(LAYOUT.frame_bytes, 16) == 32  # two batches fit in 256 MB at 1080p
     monkeypatch.setenv("LIPSYNC_DECODER_THREADS", "3")

@@ -42,6 +42,7 @@ from .settings import Settings
 RUNNER_UID = 10001  # the image's non-root user (Dockerfile: USER 10001:10001)
 
 CONTAINER = "runner"
+CPUS_ENV = "LIPSYNC_CPUS"  # the runner's CPU budget (runner/lipsync/cpus.py)
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "lipsync-operator"
 UID_LABEL = "lipsync.dev/job-uid"          # on the Job and its pods: which LipSyncJob they render
@@ -159,6 +160,11 @@ def job_manifest(job: LipSyncJob, settings: Settings, step: str = RENDER, *,
         {"name": "HOME", "value": SCRATCH},
         {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH}/.cache"},
     ]
+    if settings.runner_cpu:
+        # The pod's CPU request, in whole cores (rounded up): the runner sizes its encoder,
+        # decoders, workers and library pools to it, not to the node's cores (lipsync.cpus).
+        env.append({"name": CPUS_ENV, "valueFrom": {"resourceFieldRef": {
+            "containerName": CONTAINER, "resource": "requests.cpu", "divisor": "1"}}})
     if not gpu:
         env.append({"name": "CUDA_VISIBLE_DEVICES", "value": ""})  # no GPU was allocated: use none
     if settings.s3_endpoint:

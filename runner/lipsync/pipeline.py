@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import log, malloc
+from . import cpus, log, malloc
 from .audio import frame_envelope, load_mono
 from .clip import render_clip
 from .errors import InvalidMedia, LipSyncError, NoFaceFound
@@ -171,7 +171,7 @@ def scan_video(video: Path, info: VideoInfo, face: FaceSpec, *, weights: Path | 
     render's own frame grid (start_time), so frame indices agree with the render's."""
     (w, h), scale = track.analysis_size(info.width, info.height)
     argv = decode_command(video, fps=info.fps, size=(w, h), start_time=info.start_time, pix_fmt="gray",
-                          analysis_of=info.pix_fmt)
+                          analysis_of=info.pix_fmt, threads=cpus.budget() if cpus.constrained() else None)
 
     with FrameReader(argv, w, h, field=field, channels=1) as reader:
         def frames() -> Iterator[np.ndarray]:

@@ -91,8 +91,13 @@ def test_scheduling_and_security():
     assert pod["automountServiceAccountToken"] is False
     assert pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
     assert pod["containers"][0]["resources"]["requests"] == {"cpu": "2", "memory": "8Gi"}
+    # the runner sizes its threads and workers to the pod's CPU request, not to the node's cores
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["LIPSYNC_CPUS"]["valueFrom"] == {"resourceFieldRef": {
+        "containerName": "runner", "resource": "requests.cpu", "divisor": "1"}}
     bare = job_manifest(job(), Settings())["spec"]["template"]["spec"]
     assert not {"nodeSelector", "tolerations", "priorityClassName", "serviceAccountName"} & set(bare)
+    assert "LIPSYNC_CPUS" not in {e["name"] for e in bare["containers"][0]["env"]}  # no request: the node's cores
 
 
 def test_owner_reference_and_owner_lookup():

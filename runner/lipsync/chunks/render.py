@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import env
+from .. import cpus, env
 from ..audio import load_mono
 from ..io.probe import VideoInfo
 from ..io.publish import open_store
@@ -102,10 +102,9 @@ def render_chunks(task: RenderTask, chunks: list[Chunk], model: FrameModel,
 
 
 def default_workers(chunks: int) -> int:
-    """Processes for ``--workers auto``: one per 4 cores (each drives an encoder that uses several),
+    """Processes for ``--workers auto``: one per 4 cores of the CPU budget (``lipsync.cpus``; each
+    drives an encoder that uses several),
     LIPSYNC_WORKERS if set, never more than there are chunks to render."""
     if os.environ.get("LIPSYNC_WORKERS", "").strip():
         return max(1, min(chunks, int(env.number("LIPSYNC_WORKERS", 1, int, minimum=1, inclusive=True, stage="render"))))
-    from ..render.frames import cpu_count
-
-    return max(1, min(chunks, cpu_count() // 4))
+    return max(1, min(chunks, cpus.budget() // 4))

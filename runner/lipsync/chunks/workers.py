@@ -3,7 +3,7 @@
 Each worker is a fresh ``python -m lipsync.chunks.workers TASK SHARE`` process: it loads the
 model itself (a GPU is shared by the workers' CUDA contexts; Wav2Lip's weights are small), renders
 its share of the chunks into the work area and prints one line per finished chunk. The encoder
-threads are divided between the workers. On any failure or signal the parent stops every worker
+threads and the CPU budget (``lipsync.cpus``) are divided between the workers. On any failure or signal the parent stops every worker
 (SIGTERM, then SIGKILL after a grace period): a worker abandons its current chunk, which never
 counts as finished.
 """
@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import malloc
+from .. import cpus, malloc
 from ..errors import LipSyncError
 from . import Chunk
 from .render import RenderTask, prepared_model, render_chunks
@@ -34,15 +34,15 @@ def run_workers(task: RenderTask, shares: list[list[Chunk]], on_chunk: Callable[
     task_file = task.scratch / "task.pickle"
     task.scratch.mkdir(parents=True, exist_ok=True)
     task_file.write_bytes(pickle.dumps(task))
-    threads = max(1, (os.cpu_count() or 1) // max(1, len(shares)))
+    per_worker = max(1, cpus.budget() // max(1, len(shares)))  # each worker's CPU budget (libraries, decoder, encoder)
     procs: list[tuple[subprocess.Popen, Path]] = []
     readers: list[threading.Thread] = []
     by_index = {c.index: c for share in shares for c in share}
     try:
         for k, share in enumerate(shares):
             result = task.scratch / f"worker-{k}.json"
-            env = {**malloc.python_child_env(os.environ), "LIPSYNC_ENCODER_THREADS": os.environ.get("LIPSYNC_ENCODER_THREADS", str(threads)),
-                   "LIPSYNC_PARENT_PID": str(os.getpid())}
+            env = {**malloc.python_child_env(os.environ), "LIPSYNC_ENCODER_THREADS": os.environ.get("LIPSYNC_ENCODER_THREADS", str(per_worker)),
+                   "LIPSYNC_PARENT_PID": str(os.getpid()), cpus.CPUS_ENV: str(per_worker)}
             proc = subprocess.Popen([sys.executable, "-m", "lipsync.chunks.workers", str(task_file), str(result),
                                      ",".join(str(c.index) for c in share)],
                                     stdout=subprocess.PIPE, text=True, env=env)
@@ -125,6 +125,7 @@ def main(argv: list[str]) -> int:
     task_file, result, indices = Path(argv[0]), Path(argv[1]), {int(i) for i in argv[2].split(",") if i}
     signal.signal(signal.SIGTERM, _terminate)
     malloc.adopt()  # started with the model's malloc settings: its ffmpeg children do not inherit them
+    cpus.apply_to_libraries()  # this worker's share of the budget
     try:
         _die_with_parent()
         task: RenderTask = pickle.loads(task_file.read_bytes())

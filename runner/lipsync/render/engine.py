@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import env
+from .. import cpus, env
 from ..models import FrameModel
 from ..preview import TILE, Sheet
 from ..video import overlay
@@ -132,7 +132,11 @@ def _cancel(groups: deque[_Group]) -> None:
 
 
 def encoder_threads() -> int | None:
-    """None: the encoder picks (all cores)."""
+    """The encoder's threads: ``LIPSYNC_ENCODER_THREADS``; else, where the CPU budget is below the
+    cores in view (``lipsync.cpus``: a pod's request on a bigger node), what x264 would pick for
+    the budget (1.5 per core); else None (the encoder picks from the cores, as x264 does)."""
     value = env.number("LIPSYNC_ENCODER_THREADS", 0, int, inclusive=True, stage="render")
-    return int(value) or None
+    if value:
+        return int(value)
+    return max(1, cpus.budget() * 3 // 2) if cpus.constrained() else None
 

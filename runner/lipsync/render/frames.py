@@ -11,7 +11,6 @@ window is converted, in ``render.colour``.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import re
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import env
+from .. import cpus, env
 from ..errors import EncodeFailed, InvalidMedia
 from ..io.probe import Colour
 from ..video.decode import grid_origin, tail
@@ -200,8 +199,8 @@ def encode_args(dest: Path, layout: Layout, fps: Fraction, colour: Colour, *, co
         argv += ["-threads", str(threads)]
     if sample_aspect_ratio:
         argv += ["-vf", f"setsar={sample_aspect_ratio.replace(':', '/')}"]
-    if codec == "libx265":
-        argv += ["-tag:v", "hvc1", "-x265-params", "log-level=error"]
+    if codec == "libx265":  # x265 sizes its pool itself: ffmpeg's -threads does not reach it
+        argv += ["-tag:v", "hvc1", "-x265-params", "log-level=error" + (f":pools={threads}" if threads else "")]
     return argv + [str(dest)]
 
 
@@ -381,20 +380,13 @@ class PlanarWriter:
             self.abort()
 
 
-def cpu_count() -> int:
-    """Cores this process may use (the cgroup's affinity where the OS tells)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def decoder_threads() -> int:
-    """Threads of the render's decoder (``LIPSYNC_DECODER_THREADS``; default one per 4 cores, 1-4).
+    """Threads of the render's decoder (``LIPSYNC_DECODER_THREADS``; default one per 4 cores of
+    the CPU budget (``lipsync.cpus``), 1-4).
 
     The decoder feeds an encoder that is several times slower per frame, so it needs few threads;
     each frame thread of ffmpeg's H.264 decoder holds its own frames (a 1080p decoder with its
     default 3 threads on 2 cores: 125 MB resident and 1.11 CPU s per 10 s; one thread: 89 MB,
     0.84 CPU s), and every core it leaves free is the encoder's.
     """
-    return int(env.number("LIPSYNC_DECODER_THREADS", max(1, min(4, cpu_count() // 4)), int, stage="render"))
+    return int(env.number("LIPSYNC_DECODER_THREADS", max(1, min(4, cpus.budget() // 4)), int, stage="render"))

@@ -41,7 +41,7 @@ def grid_origin(start_time: float, fps: Fraction) -> float:
 
 def decode_command(path: Path, *, fps: Fraction, size: tuple[int, int] | None = None,
                    start_frame: int = 0, frames: int | None = None, start_time: float | None = None,
-                   pix_fmt: str = "bgr24", analysis_of: str | None = None) -> list[str]:
+                   pix_fmt: str = "bgr24", analysis_of: str | None = None, threads: int | None = None) -> list[str]:
     """The ffmpeg argv that writes raw frames (``pix_fmt``: bgr24, or gray) to stdout.
 
     ``analysis_of`` (the source's pixel format) makes it the face track's cheaper decode: no
@@ -53,8 +53,11 @@ def decode_command(path: Path, *, fps: Fraction, size: tuple[int, int] | None = 
     ``start_frame``/``frames`` read a window, seeking to it (frames count at ``fps``).
     ``start_time`` (the stream's first timestamp, seconds) numbers frames on the same grid as the
     render's reads (``render.frames.decode_args``): give it wherever frame indices must agree.
+    ``threads``: the decoder's threads (None: ffmpeg's choice, from the cores in view).
     """
     in_kw: dict = {}
+    if threads:
+        in_kw["threads"] = threads
     if start_frame:
         in_kw["ss"] = f"{max(0.0, (start_frame - 0.5) / float(fps)):.6f}"
     if start_time is not None:
