@@ -107,7 +107,7 @@ class Haar:
         k = 120 / roi.shape[1]
         roi = cv2.equalizeHist(cv2.resize(roi, (120, max(1, int(round(roi.shape[0] * k))))))
         for cascade in self._eyes_cascades:
-            found = cascade.detectMultiScale(roi, scaleFactor=1.1, minNeighbors=3, minSize=(12, 12), maxSize=(60, 60))
+            found = cascade.detectMultiScale(roi, scaleFactor=1.2, minNeighbors=3, minSize=(12, 12), maxSize=(60, 60))
             pair = self._pair([(float(x0 + (ex + ew / 2) / k), float(y0 + (ey + eh / 2) / k)) for ex, ey, ew, eh in found], x, w)
             if pair is not None:
                 return pair
