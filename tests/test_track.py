@@ -184,6 +184,30 @@ def test_the_speaker_is_reacquired_after_a_one_second_exit_and_the_listener_neve
     assert all(c is None for c in centres[38:60])  # gone: untouched, though the listener is in view
 
 
+def look_alike(side: int) -> np.ndarray:
+    """A listener who looks much like the speaker: her own photograph mirrored, widened 1.3x and
+    tinted warmer and darker (the same face to a descriptor, nearly)."""
+    face = cv2.resize(cv2.flip(astronaut(), 1), (int(side * 1.3), side), interpolation=cv2.INTER_AREA)
+    return (face * np.array([0.7, 0.8, 1.0])).clip(0, 255).astype(np.uint8)
+
+
+def test_a_listener_who_looks_like_the_speaker_is_not_taken_for_her_while_she_is_gone():
+    listener = look_alike(150)
+    xs: list[float | None] = [0.25] * 30 + [None] * 25 + [0.25] * 35
+    clip = []
+    for x in xs:
+        f = background(SW, SH, 7)
+        if x is not None:
+            _place(f, astronaut(), x, 0.5, 1.0, 0.42 * SW)
+        f[250:250 + listener.shape[0], 620:620 + listener.shape[1]] = listener
+        clip.append(f)
+    track = build_track(scan(iter(clip), 1.0, FaceSpec(select="largest", detect_every=5)), fps=25, padding=0.25, every=5)
+    centres = [None if t is None else t.x + t.size / 2 for t in track]
+    assert all(c is None or c < SW / 2 for c in centres), "the listener (right) was synced"
+    assert all(c is None for c in centres[30:55])  # she is gone: nobody is synced
+    assert all(c is not None for c in centres[:30]) and all(c is not None for c in centres[57:])  # back on her
+
+
 def test_a_shot_with_only_another_person_is_left_untouched():
     shots = [two_people(0.27, seed=7, listener=False)] * 15 + [two_people(None, seed=99)] * 15 + [two_people(0.3, seed=5)] * 15
     sc = scan(iter(shots), 1.0, FaceSpec(select="largest", detect_every=5))

@@ -135,6 +135,8 @@ def _thumb(gray: np.ndarray) -> np.ndarray:
 
 
 SAME_PERSON = 0.5  # appearance similarity (see faces.appearance) from which a face is the selected person
+SAME_OTHER = 0.8  # from which two appearances of non-selected faces are taken for one person
+OTHERS = 8  # other people's appearances remembered
 
 
 def face_weights(face: FaceSpec) -> Path | None:
@@ -168,6 +170,7 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
     previous: Face | None = None  # the selected face where last seen in this shot (analysis pixels)
     lost = True  # the last detection did not find the selected face (or a new shot began)
     look: np.ndarray | None = None  # the selected person's appearance, once chosen
+    others: list[np.ndarray] = []  # appearances of other people, seen in a frame beside the selected one
     landmarks: dict[int, tuple[tuple[float, float], ...]] = {}
     followed: dict[int, tuple[float, float]] = {}
     patch: tuple[np.ndarray, float] | None = None  # the last detected face (grey, shrunk by the factor)
@@ -177,7 +180,7 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
     empty: np.ndarray | None = None  # block means of the last frame a whole-frame search found no face in
 
     def detect(i: int, gray: np.ndarray) -> Box | None:
-        nonlocal calls, previous, lost, look, patch, ahead, searches, empty
+        nonlocal calls, previous, lost, look, patch, ahead, searches, empty, others
         calls += 1
         chosen: Face | None = None
         if previous is not None:  # near the last face: only a box that continues it
@@ -190,7 +193,7 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
             if chosen is None:
                 near = [f for f in det.detect_near(gray, (p.x, p.y, p.w, p.h)) if faces.iou(f, p) > 0.2]
                 chosen = max(near, key=lambda f: faces.iou(f, p), default=None)
-            if chosen is not None and lost and not _same(gray, chosen, look):
+            if chosen is not None and lost and not _same(gray, chosen, look, others):
                 chosen = None  # someone else stepped into the place where the person left
         if chosen is None:  # the whole frame: the person anywhere, or the rule's first choice
             blocks = _blocks(gray)
@@ -201,10 +204,13 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
                 if look is None:
                     pick = select_face([_box(f, 1.0) for f in found], face)
                     chosen = next((f for f in found if pick is not None and _box(f, 1.0) == pick), None)
-                else:
+                else:  # the person by appearance: like her, and more like her than like anyone seen beside her
                     scored = [(float(d @ look), f) for f in found
-                              if (d := faces.appearance(gray, f.x, f.y, f.w, f.h)) is not None]
-                    chosen = max((sf for sf in scored if sf[0] >= SAME_PERSON), key=lambda sf: sf[0], default=(0.0, None))[1]
+                              if (d := faces.appearance(gray, f.x, f.y, f.w, f.h)) is not None and _is_person(d, look, others)]
+                    chosen = max(scored, key=lambda sf: sf[0], default=(0.0, None))[1]
+                if chosen is not None:  # everyone else in this frame is someone else
+                    others = _remember(others, [d for f in found if f is not chosen
+                                                and (d := faces.appearance(gray, f.x, f.y, f.w, f.h)) is not None])
                 empty = blocks if chosen is None else None
         if chosen is not None:
             d = faces.appearance(gray, chosen.x, chosen.y, chosen.w, chosen.h)
@@ -301,9 +307,28 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / max(1e-9, float(np.linalg.norm(v)))
 
 
-def _same(gray: np.ndarray, f: Face, look: np.ndarray | None) -> bool:
+def _is_person(d: np.ndarray, look: np.ndarray, others: list[np.ndarray]) -> bool:
+    """Whether appearance ``d`` is the selected person's (``look``): alike enough, and more alike
+    than to any other person seen beside her (a listener who resembles her is still the listener)."""
+    score = float(d @ look)
+    return score >= SAME_PERSON and all(score > float(d @ o) for o in others)
+
+
+def _remember(others: list[np.ndarray], new: list[np.ndarray]) -> list[np.ndarray]:
+    """``others`` with the appearances ``new`` added: one that matches a known person updates it;
+    at most ``OTHERS`` people are kept (the most recently seen)."""
+    out = list(others)
+    for d in new:
+        k = max(range(len(out)), key=lambda j: float(d @ out[j]), default=None)
+        if k is not None and float(d @ out[k]) >= SAME_OTHER:
+            d = _unit(0.5 * out.pop(k) + 0.5 * d)
+        out.append(d)
+    return out[-OTHERS:]
+
+
+def _same(gray: np.ndarray, f: Face, look: np.ndarray | None, others: list[np.ndarray] = ()) -> bool:  # type: ignore[assignment]
     d = faces.appearance(gray, f.x, f.y, f.w, f.h)
-    return look is None or d is None or float(d @ look) >= SAME_PERSON
+    return look is None or d is None or _is_person(d, look, list(others))
 
 
 def _shots(cuts: list[int], n: int) -> list[tuple[int, int]]:
