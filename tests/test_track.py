@@ -311,7 +311,51 @@ def test_lipsync_track_refuses_bad_input_clearly(tmp_path):
     proc = run_cli("track", str(tmp_path / "missing.mp4"))
     assert proc.returncode == 11 and "missing.mp4" in proc.stderr
     proc = run_cli("track", str(tmp_path / "missing.mp4"), "--detector", "yunet")
-    assert proc.returncode == 10 and "needs spec.face.weights" in proc.stderr
+    assert proc.returncode == 10 and "needs --weights" in proc.stderr  # its own option's name
+    proc = run_cli("track", str(tmp_path / "missing.mp4"), "--detect-every", "0")
+    assert proc.returncode == 10 and "--detect-every:" in proc.stderr
+
+
+def test_lipsync_track_never_writes_over_the_video_and_says_why_it_cannot_write(tmp_path):
+    from .media import clip, run_cli
+
+    video = clip(tmp_path / "v.mp4", seconds=0.5)
+    before = video.read_bytes()
+    for flag in ("--overlay", "--json"):
+        proc = run_cli("track", str(video), flag, str(video))
+        assert proc.returncode == 10 and "is the video itself" in proc.stderr, proc.stderr
+    assert video.read_bytes() == before
+    (tmp_path / "folder").mkdir()
+    cases = {("--json", str(tmp_path / "nodir" / "t.json")): "does not exist",
+             ("--json", str(tmp_path / "folder")): "is a folder",
+             ("--overlay", str(tmp_path / "t.avi")): "ending in .mp4",
+             ("--weights", str(tmp_path / "none.onnx"), "--detector", "yunet"): "does not exist"}
+    for args, says in cases.items():
+        proc = run_cli("track", str(video), *args)
+        assert proc.returncode in (10, 11) and says in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+    assert not list(tmp_path.glob("*.tmp"))
+    proc = run_cli("track", "https://example.com/v.mp4")
+    assert proc.returncode == 10 and "local video file" in proc.stderr
+    proc = run_cli("track", str(video), "--json", "-")  # to stdout, the summary to stderr
+    assert proc.returncode == 0 and json.loads(proc.stdout)["frames_total"] > 0 and "face box" in proc.stderr
+
+
+def test_an_index_past_the_faces_in_view_says_how_many_there_are():
+    clip = [two_people(0.27)] * 10
+    sc = scan(iter(clip), 1.0, FaceSpec(select="index", index=2, detect_every=5))
+    assert sc.most_faces == 2 and not any(build_track(sc, fps=25, padding=0.25, every=5))
+    from lipsync.pipeline import no_face_message
+
+    assert "at most 2 face(s)" in no_face_message(FaceSpec(select="index", index=2), sc, "spec.video", "spec.face.index")
+    with pytest.raises(ValueError, match="only read with select: index"):
+        FaceSpec(index=1)  # select: largest would ignore it
+
+
+def test_a_face_seen_for_a_blink_gets_no_box():
+    # (the gap after it is longer than a detector's blink, 3 detection intervals, so it is not bridged)
+    layout = [None] * 10 + [(0.5, 0.5)] * 2 + [None] * 20 + [(0.5, 0.5)] * 10
+    track = build_track(scan(frames(layout), 1.0, FaceSpec(detect_every=5)), fps=25, padding=0.25, every=5)
+    assert [t is not None for t in track] == [False] * 32 + [True] * 10  # 2 frames (0.08 s): not a mouth
 
 
 def test_a_still_faceless_shot_is_searched_once_and_a_face_entering_it_is_still_found_at_once():
@@ -322,3 +366,22 @@ def test_a_still_faceless_shot_is_searched_once_and_a_face_entering_it_is_still_
     assert sc.searches == 3
     track = build_track(sc, fps=25, padding=0.25, every=5)
     assert [t is not None for t in track] == [p is not None for p in layout]
+
+
+@pytest.mark.slow
+def test_a_render_that_finds_a_face_in_few_frames_says_so(tmp_path):
+    from lipsync.sample import VideoRecipe, make_video
+
+    from .media import clip, ffmpeg, job_file, run_cli, speech
+
+    face = clip(tmp_path / "face.mp4", seconds=0.6)
+    empty = make_video(tmp_path / "empty.mp4", VideoRecipe(width=480, height=270, fps=25.0, seconds=1.6, motions=()))
+    video = tmp_path / "mostly-empty.mp4"
+    ffmpeg("-i", str(face), "-i", str(empty), "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]",
+           "-c:v", "libx264", "-preset", "ultrafast", str(video))
+    job = job_file(tmp_path, name="few", video=str(video), audio=str(speech(tmp_path / "a.wav", text="Hi.")),
+                   timing={"follow": "video"})
+    proc = run_cli("run", "--log-format", "json", str(job))
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    warned = [json.loads(line) for line in proc.stdout.splitlines() if '"low-face-coverage"' in line]
+    assert warned and warned[0]["level"] == "warning" and 0 < warned[0]["frames_with_face"] < warned[0]["frames"] / 2

@@ -209,16 +209,24 @@ def cmd_track(args: argparse.Namespace) -> int:
     from .video import track, trackcache
 
     try:
+        select = args.select or ("index" if args.index is not None else None)  # --index alone means by position
         try:
             face = FaceSpec.model_validate({k: v for k, v in {
-                "select": args.select, "index": args.index, "detector": args.detector, "weights": args.weights,
+                "select": select, "index": args.index, "detector": args.detector, "weights": args.weights,
                 "detectEvery": args.detect_every, "padding": args.padding}.items() if v is not None})
         except ValidationError as e:
-            raise InvalidSpec("; ".join(f"--{'.'.join(str(p) for p in err['loc']) or 'face'}: {err['msg']}"
-                                        for err in e.errors()), stage="track") from None
+            raise InvalidSpec("; ".join(_flag_error(err) for err in e.errors()), stage="track") from None
+        if "://" in args.video:
+            raise InvalidSpec(f"lipsync track reads a local video file, not {args.video!r}: download it first "
+                              "(lipsync run fetches https:// and s3:// inputs itself)", stage="track")
+        if not args.video.strip():
+            raise InvalidSpec("give the video file to track", stage="track")
         video = Path(args.video)
         if not video.is_file():
             raise InputNotFound(f"video {str(video)!r} does not exist or is not a file", stage="track")
+        if args.weights and not Path(args.weights).is_file():
+            raise InputNotFound(f"--weights {args.weights!r} does not exist or is not a file", stage="track")
+        _check_destinations(video, {"--json": args.json, "--overlay": args.overlay})
         info = probe_video(video, field="video")
         where = trackcache.location()  # a render of this video afterwards reuses this scan, and back
         key = track_key(face, info, {"video": sha256(video)}, Path.cwd()) if where is not None else None
@@ -243,14 +251,66 @@ def cmd_track(args: argparse.Namespace) -> int:
             print(str(e), file=sys.stderr)
             return e.exit_code
     doc = track.to_json(sc, boxes, width=info.width, height=info.height, fps=float(info.fps), face=face, padding=padding)
-    if args.json:
+    if args.json == "-":
+        print(json.dumps(doc))
+    elif args.json:
         tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
-        tmp.write_text(json.dumps(doc))
-        tmp.replace(args.json)
+        try:
+            tmp.write_text(json.dumps(doc))
+            tmp.replace(args.json)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            err = InvalidSpec(f"could not write --json {args.json!r}: {e.strerror or e}", stage="track")
+            print(str(err), file=sys.stderr)
+            return err.exit_code
     found = sum(b is not None for b in boxes)
-    print(f"track {source}: {found} of {sc.frames} frames have a face box; {len(sc.cuts)} shot(s); "
-          f"{sc.detector_calls} detector calls; jitter {doc['jitter']}" + (f"; written to {args.json}" if args.json else "") + (f"; drawn in {args.overlay}" if args.overlay else ""))
+    calls = "no detector calls (reused)" if cached is not None else (
+        f"{sc.detector_calls} detector calls ({sc.searches} whole-frame searches)")
+    summary = (f"track {source}: {found} of {sc.frames} frames have a face box; {len(sc.cuts)} shot(s); {calls}; "
+               f"jitter {doc['jitter']} (mean box movement a frame, in box sides)"
+               + (f"; written to {args.json}" if args.json and args.json != "-" else "")
+               + (f"; drawn in {args.overlay}" if args.overlay else ""))
+    print(summary, file=sys.stderr if args.json == "-" else sys.stdout)
+    if not found:
+        from .pipeline import no_face_message
+
+        print(no_face_message(face, sc, repr(str(video)), "--index"), file=sys.stderr)
     return 0
+
+
+_FLAGS = {"select": "--select", "index": "--index", "detector": "--detector", "weights": "--weights",
+          "detectEvery": "--detect-every", "padding": "--padding"}
+
+
+def _flag_error(err: dict) -> str:
+    """A face settings error in the words of ``lipsync track``'s own options."""
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    for field, flag in (("spec.face.weights", "--weights"), ("spec.face.index", "--index"),
+                        ("select: index", "--select index"), ("detector: yunet", "--detector yunet"),
+                        ("leave index out", "leave --index out")):
+        msg = msg.replace(field, flag)
+    loc = [str(p) for p in err.get("loc", ())]
+    return f"{_FLAGS.get(loc[0], '--' + loc[0])}: {msg}" if loc else msg
+
+
+def _check_destinations(video: Path, dests: dict[str, str | None]) -> None:
+    """Refuse before any work an output file that is the video itself, or that cannot be written."""
+    seen: dict[Path, str] = {}
+    for flag, dest in dests.items():
+        if not dest or dest == "-":
+            continue
+        path = Path(dest)
+        if path.exists() and path.resolve() == video.resolve():
+            raise InvalidSpec(f"{flag} {dest!r} is the video itself: give another file (nothing was written)", stage="track")
+        if path.resolve() in seen:
+            raise InvalidSpec(f"{flag} and {seen[path.resolve()]} are the same file {dest!r}: give two", stage="track")
+        seen[path.resolve()] = flag
+        if path.is_dir():
+            raise InvalidSpec(f"{flag} {dest!r} is a folder: give a file name", stage="track")
+        if not path.parent.is_dir():
+            raise InvalidSpec(f"{flag} {dest!r}: the folder {str(path.parent)!r} does not exist", stage="track")
+        if flag == "--overlay" and path.suffix.lower() != ".mp4":
+            raise InvalidSpec(f"--overlay writes an MP4 file: give a name ending in .mp4, not {dest!r}", stage="track")
 
 
 def _draw_track(video: Path, info, boxes: list, dest: Path) -> None:

@@ -43,6 +43,8 @@ from .video.decode import FrameReader, decode_command
 from .video.remux import audio_plan, remux
 from .video.source import source_index
 
+LOW_COVERAGE = 0.5  # a face in fewer frames than this share of the video: the run warns
+
 STAGE_WEIGHTS = {"fetch": 2, "track": 15, "render": 76, "stitch": 2, "remux": 3, "publish": 2}
 
 
@@ -212,9 +214,7 @@ def track_faces(spec: LipSyncJobSpec, video: Path, info: VideoInfo, on_progress:
         raise InvalidMedia(f"spec.video {str(video)!r} decoded to no frames: is the file complete?", stage="track")
     boxes = track.build_track(sc, fps=float(info.fps), padding=spec.padding, every=spec.face.detect_every)
     if not any(b is not None for b in boxes):
-        raise NoFaceFound(
-            f"no face was found in any of the {sc.frames} frames of spec.video: the speaker must face the camera; "
-            "try a clip where the face is larger or better lit", stage="track")
+        raise NoFaceFound(no_face_message(spec.face, sc, "spec.video", "spec.face.index"), stage="track")
     kept = reused or (cache is not None and cache_key is not None
                       and cache.save(cache_key, sc, scratch or Path(tempfile.gettempdir())))
     uri = cache.entry_uri(cache_key) if kept and cache is not None and cache_key is not None else None
@@ -222,6 +222,15 @@ def track_faces(spec: LipSyncJobSpec, video: Path, info: VideoInfo, on_progress:
               + (uri or ""), event="track", track="reused" if reused else "computed", cache=uri)
     on_progress(1.0)
     return Tracked(boxes, sc, reused, uri)
+
+
+def no_face_message(face: FaceSpec, sc: track.Scan, what: str, index_name: str) -> str:
+    """Why a scan gave no frame a box, and what to do."""
+    if face.select == "index" and sc.most_faces and face.index >= sc.most_faces:
+        return (f"{index_name} is {face.index}, but at most {sc.most_faces} face(s) were found in one frame of {what} "
+                f"(indices 0-{sc.most_faces - 1}, from the left): give an index in that range")
+    return (f"no face was found in any of the {sc.frames} frames of {what}: the speaker must face the camera; "
+            "try a clip where the face is larger or better lit")
 
 
 def track_key(face: FaceSpec, info: VideoInfo, checksums: dict[str, str], base_dir: Path) -> str | None:
@@ -405,6 +414,12 @@ def _stages(job: LipSyncJob, spec: LipSyncJobSpec, scratch: Path, base_dir: Path
         log.event(f"planned {plan.n_out} output frames from {plan.n_src} at {plan.fps:.3f} fps", event="plan",
                   job=name, faces=sum(b is not None for b in boxes), cuts=len(sc.cuts),
                   detector_calls=0 if tracked.reused else sc.detector_calls)
+        with_face = sum(b is not None for b in boxes)
+        if with_face < LOW_COVERAGE * len(boxes):
+            log.event(f"a face was found in only {with_face} of {len(boxes)} frames ({100 * with_face / len(boxes):.0f} %): "
+                      "the others pass through untouched; `lipsync track --overlay` shows what was found "
+                      "(spec.face: a smaller or turned face, another person selected?)", logging.WARNING,
+                      event="low-face-coverage", job=name, frames_with_face=with_face, frames=len(boxes))
 
     with stage(metrics, "fetch"):
         model, inputs, ident = settle()

@@ -187,6 +187,9 @@ class FaceSpec(_Model):
                              "(face_detection_yunet_2023mar.onnx from OpenCV's model zoo)")
         if self.detector != "yunet" and self.weights:
             raise ValueError(f"spec.face.weights is only for detector: yunet; {self.detector!r} ships its own")
+        if self.index and self.select != "index":
+            raise ValueError(f"spec.face.index ({self.index}) is only read with select: index (the index-th face "
+                             "from the left); set select: index, or leave index out to take the largest face")
         return self
 
 

@@ -100,6 +100,7 @@ class Scan:
     landmarks: dict[int, tuple[tuple[float, float], ...]] = field(default_factory=dict)  # of detections, full-res
     followed: dict[int, tuple[float, float]] = field(default_factory=dict)  # face centre between detections, full-res
     searches: int = 0  # whole-frame searches (the expensive part of ``detector_calls``)
+    most_faces: int = 0  # the most faces one whole-frame search found (what select: index can pick from)
 
 
 def analysis_size(width: int, height: int) -> tuple[tuple[int, int], float]:
@@ -134,6 +135,7 @@ def _thumb(gray: np.ndarray) -> np.ndarray:
     return cv2.resize(gray, (64, 36), interpolation=cv2.INTER_AREA).astype(np.int16)
 
 
+MIN_RUN_S = 0.2  # seconds: shorter runs of a face get no boxes (build_track)
 SAME_PERSON = 0.5  # appearance similarity (see faces.appearance) from which a face is the selected person
 SAME_OTHER = 0.8  # from which two appearances of non-selected faces are taken for one person
 OTHERS = 8  # other people's appearances remembered
@@ -177,10 +179,11 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
     newest = 0  # the latest frame seen: only a detection there renews the patch
     ahead: Face | None = None  # where the patch was followed to in the frame before this one (analysis pixels)
     searches = 0  # whole-frame searches
+    most = 0  # the most faces one search found
     empty: np.ndarray | None = None  # block means of the last frame a whole-frame search found no face in
 
     def detect(i: int, gray: np.ndarray) -> Box | None:
-        nonlocal calls, previous, lost, look, patch, ahead, searches, empty, others
+        nonlocal calls, previous, lost, look, patch, ahead, searches, empty, others, most
         calls += 1
         chosen: Face | None = None
         if previous is not None:  # near the last face: only a box that continues it
@@ -201,6 +204,7 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
             if not (empty is not None and empty.shape == blocks.shape and float(np.abs(blocks - empty).max()) < STILL):
                 searches += 1
                 found = det.detect(gray, int(MIN_FACE * max(gray.shape[:2])))
+                most = max(most, len(found))
                 if look is None:
                     pick = select_face([_box(f, 1.0) for f in found], face)
                     chosen = next((f for f in found if pick is not None and _box(f, 1.0) == pick), None)
@@ -284,7 +288,7 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
     if buffer and buffer[-1][0] != last_key:
         keyframe(*buffer[-1])  # the last frame anchors the tail
     return Scan(n, detections, cuts or [0], calls, landmarks, {k: v for k, v in followed.items() if k not in detections},
-                searches)
+                searches, most)
 
 
 def _patch(gray: np.ndarray, f: Face) -> tuple[np.ndarray, float] | None:
@@ -386,6 +390,9 @@ def _runs(boxes: list[Box | None]) -> list[tuple[int, int]]:
 def build_track(sc: Scan, *, fps: float, padding: float, every: int) -> list[CropBox | None]:
     """One crop box per frame (None: no face, the frame passes through).
 
+    A run of frames with a face shorter than ``MIN_RUN_S`` (at least 2 frames) gets no boxes: a
+    lone false detection, or a face too briefly in view to be worth a mouth.
+
     The box's side is one per run of frames with a face (the median face, padded). Where the
     landmarks give the mouth, the box is placed so that the mouth lands on
     ``overlay.mouth_point`` (the models draw and the mask blends there): it follows the mouth
@@ -394,11 +401,14 @@ def build_track(sc: Scan, *, fps: float, padding: float, every: int) -> list[Cro
     """
     track: list[CropBox | None] = [None] * sc.frames
     window = max(3, int(round(fps * 0.3)) | 1)
+    shortest = max(2, int(round(fps * MIN_RUN_S)))
     keys = sorted(sc.detections)
     marks = sorted(sc.landmarks)
     for start, end in _shots(sc.cuts, sc.frames):
         boxes = _fill(sc.detections, keys, start, end, bridge=3 * every)
         for a, b in _runs(boxes):
+            if b - a < shortest:  # a face for a blink: a false detection, or too short to be worth a mouth
+                continue
             run = [bx for bx in boxes[a:b] if bx is not None]
             # between detections, the centre where the face's patch was followed to, else the line
             centres = [sc.followed.get(start + a + k, (bx.cx, bx.cy)) for k, bx in enumerate(run)]

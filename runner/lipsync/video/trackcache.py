@@ -119,6 +119,7 @@ def scan_to_json(sc: Scan) -> dict[str, Any]:
         "landmarks": {str(i): [list(p) for p in pts] for i, pts in sc.landmarks.items()},
         "followed": {str(i): list(c) for i, c in sc.followed.items()},
         "searches": sc.searches,
+        "most_faces": sc.most_faces,
     }
 
 
@@ -143,6 +144,7 @@ def scan_from_json(doc: Any) -> Scan:
         landmarks={int(i): tuple(pair(p) for p in pts) for i, pts in doc["landmarks"].items()},
         followed={int(i): pair(c) for i, c in doc["followed"].items()},
         searches=int(doc["searches"]),
+        most_faces=int(doc.get("most_faces", 0)),
     )
     indices = [*sc.detections, *sc.landmarks, *sc.followed, *sc.cuts]
     if frames < 1 or not sc.cuts or sc.cuts[0] != 0 or any(not 0 <= i < frames for i in indices):
