@@ -94,6 +94,17 @@ def test_missing_local_file(media, tmp_path):
     assert_nothing_written(tmp_path)
 
 
+def test_a_missing_relative_path_is_named_in_full(media, tmp_path):
+    from .media import job_file, run_cli
+
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    job = job_file(folder, name="rel", video="../clips/missing.mp4", audio=str(media / "speech.wav"))
+    proc = run_cli("run", str(job), cwd=media)  # run from elsewhere: the path is read from the job's folder
+    assert proc.returncode == 11
+    assert repr(str(tmp_path / "clips" / "missing.mp4")) in proc.stderr + proc.stdout
+
+
 @pytest.fixture
 def http_server(media):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(media))

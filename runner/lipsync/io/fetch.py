@@ -48,7 +48,9 @@ def fetch(uri: str, scratch: Path, *, field: str, max_bytes: int | None = None) 
     path = local_path(uri)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
-        raise InputNotFound(f"{field} {str(path)!r} {what}: check the path (relative paths are from the job file's folder)", stage="fetch")
+        # the path in full: a relative one was read from the job file's folder, not the current one
+        raise InputNotFound(f"{field} {str(path.absolute())!r} {what}: check the path (a relative path in a job file "
+                            "is read from the job file's folder)", stage="fetch")
     return path, sha256(path)
 
 
