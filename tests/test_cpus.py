@@ -104,3 +104,25 @@ def test_the_libraries_are_sized_to_the_budget_before_any_work():
     bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**env, "PYTHONPATH": str(RUNNER), cpus.CPUS_ENV: "two"})
     assert bad.returncode == 0  # left to the stage that reads it, which names it (test_env)
+
+
+@pytest.mark.parametrize("files, limit", [({"memory.max": "max"}, None), ({"memory.max": str(4 << 30)}, 4 << 30),
+                                          ({"memory/memory.limit_in_bytes": str(2 << 30)}, 2 << 30),
+                                          ({"memory/memory.limit_in_bytes": "9223372036854771712"}, None), ({}, None)])
+def test_the_memory_limit(tmp_path, files, limit):
+    assert cpus.memory_limit(cgroup(tmp_path, files)) == limit
+
+
+def test_auto_workers_fit_the_memory_limit(tmp_path, monkeypatch):
+    from lipsync.chunks.render import worker_bytes
+
+    monkeypatch.delenv("LIPSYNC_WORKERS", raising=False)
+    per = worker_bytes(1920 * 1080 * 3 // 2, torch_model=True)
+    assert 1.7 * (1 << 30) < per < 1.9 * (1 << 30)  # a 1080p Wav2Lip worker: about 1.8 GiB (a whole render: 1.7)
+    assert default_workers(100, per, tmp_path, cores=32) == 8  # no memory limit: one per 4 cores
+    eight = cgroup(tmp_path / "8g", {"memory.max": str(8 << 30)})
+    assert default_workers(100, per, eight, cores=32) == 3  # what 80 % of 8 GiB holds
+    assert default_workers(100, worker_bytes(1920 * 1080 * 3 // 2, torch_model=False), eight, cores=32) == 7  # ~0.85 GiB each
+    tight = cgroup(tmp_path / "1g", {"memory.max": str(1 << 30)})
+    assert default_workers(100, per, tight, cores=32) == 1  # never none
+    assert default_workers(3, None, tight, cores=32) == 3  # no estimate: the cores decide, up to the chunks

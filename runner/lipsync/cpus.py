@@ -77,6 +77,26 @@ def budget(root: Path = CGROUP_ROOT) -> int:
     return max(1, min(limits))
 
 
+def memory_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """The cgroup's memory limit in bytes (a pod's ``limits.memory``), None without one.
+
+    Reads ``root/memory.max`` (cgroup v2: ``max`` or bytes), else
+    ``root/memory/memory.limit_in_bytes`` (v1: a huge number when unlimited)."""
+    for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes"):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            return None
+        return value if 0 < value < 1 << 60 else None
+    return None
+
+
 def constrained(root: Path = CGROUP_ROOT) -> bool:
     """Whether the budget is below the cores in view (thread pools must then be told their size)."""
     return budget(root) < visible()

@@ -35,7 +35,7 @@ from .preview import Sheet, pick
 from .spec import FaceSpec, LipSyncJob, LipSyncJobSpec
 from . import chunks
 from . import render as render_engine
-from .chunks.render import RenderTask, default_workers, prepared_model, render_chunks
+from .chunks.render import RenderTask, default_workers, prepared_model, render_chunks, worker_bytes
 from .chunks.stitch import MissingChunk, fill_sheet, stitch
 from .chunks.workers import run_workers
 from .video import track, trackcache
@@ -265,7 +265,11 @@ def render_chunked(task: RenderTask, model: FrameModel, options: RunOptions, on_
     work = task.work_area()
     done = work.finished(mine)
     todo = [c for c in mine if c.index not in done]
-    workers = default_workers(len(todo)) if options.workers is None else max(1, min(options.workers, len(todo)))
+    if options.workers is None:
+        frame_bytes = render_engine.layout_for(task.info.pix_fmt, task.info.bits, task.info.width, task.info.height).frame_bytes
+        workers = default_workers(len(todo), worker_bytes(frame_bytes, getattr(model, "uses_torch", False)))
+    else:
+        workers = max(1, min(options.workers, len(todo)))
     total = sum(c.frames for c in mine) or 1
     finished = [sum(c.frames for c in mine if c.index in done)]
 

@@ -101,10 +101,28 @@ def render_chunks(task: RenderTask, chunks: list[Chunk], model: FrameModel,
     return total
 
 
-def default_workers(chunks: int) -> int:
+WORKER_BASE_BYTES = 256 << 20  # a worker's Python, numpy and OpenCV
+WORKER_FRAMES = 200  # full frames' worth a worker holds: x264's lookahead and threads (~160 at 1080p), its pool, its decoder
+TORCH_MODEL_BYTES = 1 << 30  # torch and a model's weights and activations (Wav2Lip on CPU: ~0.7 GiB)
+
+
+def worker_bytes(frame_bytes: int, torch_model: bool) -> int:
+    """About how much memory one chunk worker's process tree holds at its peak (measured at
+    1080p with the baseline model: ~640 MiB a worker)."""
+    return WORKER_BASE_BYTES + WORKER_FRAMES * frame_bytes + (TORCH_MODEL_BYTES if torch_model else 0)
+
+
+def default_workers(chunks: int, per_worker: int | None = None, root: Path = cpus.CGROUP_ROOT,
+                    cores: int | None = None) -> int:
     """Processes for ``--workers auto``: one per 4 cores of the CPU budget (``lipsync.cpus``; each
-    drives an encoder that uses several),
-    LIPSYNC_WORKERS if set, never more than there are chunks to render."""
+    drives an encoder that uses several), no more than the memory limit holds at ``per_worker``
+    bytes each (``worker_bytes``; a pod's ``limits.memory``, 80 % of it), LIPSYNC_WORKERS if
+    set; never more than there are chunks to render. ``cores``: the CPU budget (default: this
+    process's)."""
     if os.environ.get("LIPSYNC_WORKERS", "").strip():
         return max(1, min(chunks, int(env.number("LIPSYNC_WORKERS", 1, int, minimum=1, inclusive=True, stage="render"))))
-    return max(1, min(chunks, cpus.budget() // 4))
+    n = (cpus.budget(root) if cores is None else cores) // 4
+    limit = cpus.memory_limit(root)
+    if limit is not None and per_worker:
+        n = min(n, int(0.8 * limit) // per_worker)
+    return max(1, min(chunks, n))

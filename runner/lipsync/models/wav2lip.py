@@ -188,6 +188,7 @@ class Wav2LipModel:
     crop_size: int = CROP_SIZE
     audio_rate: int = AUDIO_RATE
     pad_batches = True  # one batch shape per process: cuDNN autotunes once
+    uses_torch = True  # each chunk worker holds torch, the weights and activations (chunks.render.worker_bytes)
 
     def __init__(
         self, net: Wav2Lip, *, device: torch.device, autocast: torch.dtype | None = None, batch_size: int | None = None
