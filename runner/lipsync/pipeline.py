@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -39,7 +40,8 @@ from .chunks.render import RenderTask, default_workers, prepared_model, render_c
 from .chunks.stitch import MissingChunk, fill_sheet, stitch
 from .chunks.workers import run_workers
 from .video import track, trackcache
-from .video.decode import FrameReader, decode_command
+from .render.timeline import SEEKABLE
+from .video.decode import FrameReader, analysis_command, decode_command
 from .video.remux import audio_plan, remux
 from .video.source import source_index
 
@@ -172,8 +174,29 @@ def scan_video(video: Path, info: VideoInfo, face: FaceSpec, *, weights: Path | 
     """The track's scan of ``video``: grey analysis frames (the detectors read luma only) on the
     render's own frame grid (start_time), so frame indices agree with the render's."""
     (w, h), scale = track.analysis_size(info.width, info.height)
+    threads = cpus.budget() if cpus.constrained() else None
+    seekable = any(name in info.container.split(",") for name in SEEKABLE)
+    starts = track.segment_starts(info.frames_estimate, float(info.fps), face.detect_every) if seekable else [0]
+    if len(starts) > 1:  # a long video: its segments scanned at once (the same track on any machine)
+        workers = max(1, min(len(starts), cpus.budget() // 2))  # each: a decoder and a scanning thread
+        threads = max(1, cpus.budget() // workers) if workers > 1 or threads else None
+        done = [0]
+        lock = threading.Lock()
+
+        def read(start: int, count: int | None) -> Iterator[np.ndarray]:
+            argv = analysis_command(video, fps=info.fps, start_time=info.start_time, size=(w, h), pix_fmt=info.pix_fmt,
+                                    start_frame=start, frames=count, threads=threads)
+            with FrameReader(argv, w, h, field=field, channels=1) as reader:
+                for k, frame in enumerate(reader, 1):
+                    if k % 25 == 0:
+                        with lock:
+                            done[0] += 25
+                            on_progress(min(0.99, done[0] / max(1, info.frames_estimate)))
+                    yield frame
+
+        return track.scan_segments(read, starts, scale, face, weights, workers=workers)
     argv = decode_command(video, fps=info.fps, size=(w, h), start_time=info.start_time, pix_fmt="gray",
-                          analysis_of=info.pix_fmt, threads=cpus.budget() if cpus.constrained() else None)
+                          analysis_of=info.pix_fmt, threads=threads)
 
     with FrameReader(argv, w, h, field=field, channels=1) as reader:
         def frames() -> Iterator[np.ndarray]:

@@ -39,6 +39,33 @@ def grid_origin(start_time: float, fps: Fraction) -> float:
     return float(round(Fraction(start_time).limit_denominator(1_000_000) * fps) / fps)
 
 
+def analysis_command(path: Path, *, fps: Fraction, start_time: float, size: tuple[int, int], pix_fmt: str,
+                     start_frame: int = 0, frames: int | None = None, threads: int | None = None) -> list[str]:
+    """The face track's decode of frames ``start_frame`` .. (``frames`` of them; None: to the end)
+    as grey ``size`` frames, exactly: on the render's frame grid (``-copyts``, the fps filter at
+    the stream's snapped first timestamp, trims by time), seeking half a frame before the first
+    (for containers with an index), without the deblocking loop filter, the Y plane of a planar
+    YUV source taken as it is (``pix_fmt``: the source's)."""
+    argv = ["ffmpeg", "-nostdin", "-loglevel", "error"]
+    if threads:
+        argv += ["-threads", str(threads)]
+    argv += ["-skip_loop_filter", "all"]
+    if start_frame:
+        argv += ["-ss", f"{max(0.0, (start_frame - 0.5) / float(fps)):.6f}"]
+    argv += ["-copyts", "-i", str(path), "-map", "0:v:0"]
+    origin = grid_origin(start_time, fps)
+    chain = [f"fps=fps={fps}:start_time={origin:.6f}"]
+    if start_frame:
+        chain.append(f"trim=start={origin + (start_frame - 0.5) / float(fps):.6f}")
+    if frames is not None:
+        chain.append(f"trim=end={origin + (start_frame + frames - 0.5) / float(fps):.6f}")
+    luma = pix_fmt.startswith("yuv")
+    if luma:
+        chain.append("extractplanes=y")
+    chain += [f"scale={size[0]}:{size[1]}:flags=area", "format=gray"]
+    return argv + ["-vf", ",".join(chain), "-f", "rawvideo", "-pix_fmt", "gray", "pipe:"]
+
+
 def decode_command(path: Path, *, fps: Fraction, size: tuple[int, int] | None = None,
                    start_frame: int = 0, frames: int | None = None, start_time: float | None = None,
                    pix_fmt: str = "bgr24", analysis_of: str | None = None, threads: int | None = None) -> list[str]:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import threading
+
 import cv2
 import numpy as np
 
@@ -251,22 +253,24 @@ HAAR = {  # spec.face.detector -> OpenCV's cascade file (shipped in opencv-pytho
     "haar": "haarcascade_frontalface_default.xml",
     "haar-alt2": "haarcascade_frontalface_alt2.xml",
 }
-_MADE: dict[tuple[str, str], Detector] = {}
+_LOCAL = threading.local()  # OpenCV's detectors are not safe to share between threads: one set per thread
 
 
 def detector(name: str, weights: Path | None = None) -> Detector:
-    """The detector ``spec.face.detector`` names (kept for the process: loading costs)."""
+    """The detector ``spec.face.detector`` names (kept for the thread: loading costs, and OpenCV's
+    cascades and networks must not be used by two threads at once)."""
+    made: dict[tuple[str, str], Detector] = _LOCAL.__dict__.setdefault("detectors", {})
     key = (name, str(weights))
-    if key not in _MADE:
+    if key not in made:
         if name in HAAR:
-            _MADE[key] = Haar(HAAR[name], name)
+            made[key] = Haar(HAAR[name], name)
         elif name == "yunet":
             if weights is None:
                 raise InvalidWeights("spec.face.detector 'yunet' needs spec.face.weights, the YuNet ONNX file", stage="track")
-            _MADE[key] = YuNet(weights)
+            made[key] = YuNet(weights)
         else:
             raise ValueError(f"unknown face detector {name!r}")
-    return _MADE[key]
+    return made[key]
 
 
 def appearance(gray: np.ndarray, x: float, y: float, w: float, h: float) -> np.ndarray | None:
@@ -280,10 +284,13 @@ def appearance(gray: np.ndarray, x: float, y: float, w: float, h: float) -> np.n
     if x1 - x0 < 8 or y1 - y0 < 8:
         return None
     patch = cv2.resize(gray[y0:y1, x0:x1], (48, 48), interpolation=cv2.INTER_AREA)
-    v = _HOG.compute(patch).ravel().astype(np.float32)
+    hog = _LOCAL.__dict__.get("hog")
+    if hog is None:
+        hog = _LOCAL.hog = cv2.HOGDescriptor((48, 48), (16, 16), (8, 8), (8, 8), 9)
+    v = hog.compute(patch).ravel().astype(np.float32)
     v -= v.mean()
     n = float(np.linalg.norm(v))
     return v / n if n > 0 else None
 
 
-_HOG = cv2.HOGDescriptor((48, 48), (16, 16), (8, 8), (8, 8), 9)
+

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,6 +136,7 @@ def _thumb(gray: np.ndarray) -> np.ndarray:
     return cv2.resize(gray, (64, 36), interpolation=cv2.INTER_AREA).astype(np.int16)
 
 
+SEGMENT_S = 30.0  # seconds: a long video is scanned in segments of about this length, at once
 MIN_RUN_S = 0.2  # seconds: shorter runs of a face get no boxes (build_track)
 SAME_PERSON = 0.5  # appearance similarity (see faces.appearance) from which a face is the selected person
 SAME_OTHER = 0.8  # from which two appearances of non-selected faces are taken for one person
@@ -161,18 +163,45 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
     get no box (they pass through untouched). ``weights``: the detector's weights file (YuNet),
     when ``spec.face.weights`` was fetched; else a local ``spec.face.weights`` is read.
     """
+    return scan_segment(frames, scale, face, weights).scan
+
+
+@dataclass
+class Identity:
+    """Who is followed: the selected person's appearance and the other people seen beside her."""
+
+    look: np.ndarray | None = None
+    others: list[np.ndarray] = field(default_factory=list)
+
+
+@dataclass
+class Segment:
+    """A scan of frames ``first`` .. (``scan.frames`` of them, indices global), the appearance of
+    the first face it chose (None: it chose none) and who it followed at its end."""
+
+    first: int
+    scan: Scan
+    first_choice: np.ndarray | None
+    identity: Identity
+
+
+def scan_segment(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Path | None = None, *,
+                 first: int = 0, context: np.ndarray | None = None, carry: Identity | None = None) -> Segment:
+    """``scan`` of the frames from global index ``first`` on. ``context``: the frame before them
+    (whether ``first`` starts a new shot is judged against it; None: it does). ``carry``: who was
+    followed before ``first`` (None: the selection rule picks, as at the start of a video)."""
     det = faces.detector(face.detector, weights if weights is not None else face_weights(face))
     every = face.detect_every
     detections: dict[int, Box | None] = {}
     cuts: list[int] = []
     calls = 0
     buffer: deque[tuple[int, np.ndarray]] = deque(maxlen=every)
-    prev_thumb: np.ndarray | None = None
     last_key: int | None = None
     previous: Face | None = None  # the selected face where last seen in this shot (analysis pixels)
     lost = True  # the last detection did not find the selected face (or a new shot began)
-    look: np.ndarray | None = None  # the selected person's appearance, once chosen
-    others: list[np.ndarray] = []  # appearances of other people, seen in a frame beside the selected one
+    look: np.ndarray | None = carry.look if carry else None  # the selected person's appearance, once chosen
+    others: list[np.ndarray] = list(carry.others) if carry else []  # other people, seen in a frame beside her
+    first_choice: np.ndarray | None = None
     landmarks: dict[int, tuple[tuple[float, float], ...]] = {}
     followed: dict[int, tuple[float, float]] = {}
     patch: tuple[np.ndarray, float] | None = None  # the last detected face (grey, shrunk by the factor)
@@ -183,7 +212,7 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
     empty: np.ndarray | None = None  # block means of the last frame a whole-frame search found no face in
 
     def detect(i: int, gray: np.ndarray) -> Box | None:
-        nonlocal calls, previous, lost, look, patch, ahead, searches, empty, others, most
+        nonlocal calls, previous, lost, look, patch, ahead, searches, empty, others, most, first_choice
         calls += 1
         chosen: Face | None = None
         if previous is not None:  # near the last face: only a box that continues it
@@ -219,6 +248,7 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
         if chosen is not None:
             d = faces.appearance(gray, chosen.x, chosen.y, chosen.w, chosen.h)
             if d is not None:
+                first_choice = d if first_choice is None else first_choice
                 look = d if look is None else _unit(0.8 * look + 0.2 * d)
             previous = chosen
         lost = chosen is None
@@ -267,8 +297,9 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
         last_key = i
 
     n = 0
-    for i, frame in enumerate(frames):
-        n = i + 1
+    prev_thumb = _thumb(grey(context)) if context is not None else None
+    for i, frame in enumerate(frames, first):
+        n = i + 1 - first
         gray = grey(frame)
         thumb = _thumb(gray)
         is_cut = prev_thumb is None or float(np.abs(thumb - prev_thumb).mean()) > CUT_THRESHOLD
@@ -280,15 +311,77 @@ def scan(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Pa
             previous, last_key, lost, ahead, empty = None, None, True, None, None
             buffer.clear()
         newest = i
-        if is_cut or i % every == 0:
+        if is_cut or i % every == 0 or i == first:
             keyframe(i, gray)
         else:
             follow(i, gray)
         buffer.append((i, gray))
     if buffer and buffer[-1][0] != last_key:
         keyframe(*buffer[-1])  # the last frame anchors the tail
-    return Scan(n, detections, cuts or [0], calls, landmarks, {k: v for k, v in followed.items() if k not in detections},
-                searches, most)
+    sc = Scan(n, detections, cuts or [0] if first == 0 else cuts, calls, landmarks,
+              {k: v for k, v in followed.items() if k not in detections}, searches, most)
+    return Segment(first, sc, first_choice, Identity(look, others))
+
+
+def segment_starts(n_frames: int, fps: float, every: int, seconds: float = SEGMENT_S) -> list[int]:
+    """Where the segments of a long video's scan start: every ``seconds`` (rounded to a multiple of
+    ``every``, so each start is a detection frame of a whole-video scan too); [0] for a video
+    shorter than two segments. A fixed grid: the track does not depend on the machine's cores."""
+    length = max(every, int(round(seconds * fps / every)) * every)
+    if n_frames < 2 * length:
+        return [0]
+    return list(range(0, n_frames - length // 2, length))
+
+
+def scan_segments(read: Callable[[int, int | None], Iterable[np.ndarray]], starts: list[int], scale: float,
+                  face: FaceSpec, weights: Path | None = None, workers: int = 1) -> Scan:
+    """``scan`` of a whole video in segments scanned at once (``workers`` at a time).
+
+    ``read(start, count)`` yields the analysis frames ``start`` .. ``start + count - 1`` (count
+    None: to the end). Each segment after the first is read from the frame before it (whether it
+    starts a new shot is judged against that frame) and begins without knowing who was followed,
+    so its rule picks; the segments are then linked in order: one whose first choice is not the
+    person followed before it (``_is_person``) is scanned again knowing her, and the next is
+    judged against what that gives. So the person followed is the one a whole-video scan follows;
+    boxes differ from it only at the segment starts, where each segment searches the whole frame.
+    """
+    ends = starts[1:] + [None]
+
+    def one(k: int, carry: Identity | None = None) -> Segment:
+        s, e = starts[k], ends[k]
+        if s == 0:
+            return scan_segment(read(0, e), scale, face, weights, carry=carry)
+        it = iter(read(s - 1, None if e is None else e - s + 1))
+        context = next(it, None)
+        return scan_segment(it, scale, face, weights, first=s, context=context, carry=carry)
+
+    with ThreadPoolExecutor(max(1, min(workers, len(starts))), thread_name_prefix="scan") as pool:
+        parts = list(pool.map(one, range(len(starts))))
+    redone = 0
+    carry = Identity()
+    for k, part in enumerate(parts):
+        if k and carry.look is not None and part.first_choice is not None \
+                and not _is_person(part.first_choice, carry.look, carry.others):
+            parts[k] = one(k, carry)  # it picked someone else: again, knowing whom to follow
+            redone += part.scan.detector_calls
+        part = parts[k]
+        if part.identity.look is not None:
+            carry = Identity(part.identity.look, _remember(carry.others, part.identity.others))
+    planned = [(e - s) if e is not None else None for s, e in zip(starts, ends)]
+    if any(p is not None and part.scan.frames != p and later.scan.frames
+           for p, part, later in zip(planned, parts, parts[1:])):
+        raise ValueError("a segment of the video ended early: its frame count is not what was probed")
+    scans = [p.scan for p in parts]
+    return Scan(
+        frames=sum(sc.frames for sc in scans),
+        detections={i: b for sc in scans for i, b in sc.detections.items()},
+        cuts=sorted({c for sc in scans for c in sc.cuts} | {0}),
+        detector_calls=redone + sum(sc.detector_calls for sc in scans),
+        landmarks={i: v for sc in scans for i, v in sc.landmarks.items()},
+        followed={i: v for sc in scans for i, v in sc.followed.items() if i not in sc.detections},
+        searches=sum(sc.searches for sc in scans),
+        most_faces=max(sc.most_faces for sc in scans),
+    )
 
 
 def _patch(gray: np.ndarray, f: Face) -> tuple[np.ndarray, float] | None:
