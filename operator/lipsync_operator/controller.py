@@ -21,6 +21,7 @@ at most one progress line every 2 s; 200 lines leave room for its other log line
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import collections
 import datetime
 import json
@@ -142,6 +143,7 @@ def job_fact(body: Mapping[str, Any]) -> queue.JobFact | None:
         finished=status.job_finished(body) is not None,
         slots=max(1, int((body.get("spec") or {}).get("parallelism") or 1)),
         step=jobs_mod.step_of(dict(body)),
+        reserves=1 if labels.get(jobs_mod.STITCH_GPU_LABEL) == "true" and status.job_finished(body) == "Succeeded" else 0,
         body=jobs_mod.job_facts_body(body),
     )
 
@@ -522,6 +524,13 @@ class Controller:
         if render is None:  # the index may lag: ask before concluding
             full = await self._own_job(key, cand.uid, render_name)
             render = jobs_mod.job_facts_body(full) if full is not None else None
+        if stitch is None and key in self.stitched:  # made by this process: the index lags, or it was deleted
+            found = await self._own_job(key, cand.uid, stitch_name)
+            if found is None:  # gone from the API itself: deleted since, never to be made again
+                self.stitched.pop(key, None)
+                await self._without_job(key, cand, stitch_name, gen, now)
+                return
+            stitch = jobs_mod.job_facts_body(found)
         if stitch is None and (render is None or status.job_finished(render) == "Succeeded") \
                 and key not in self.stitched:
             found = await self._own_job(key, cand.uid, stitch_name)
@@ -639,7 +648,9 @@ class Controller:
         if self.cr_index is None:
             return None
         async with self.dispatcher.lock:
-            jobs = self._job_facts()
+            jobs = [dataclasses.replace(j, reserves=0)  # a stitch that will never be made holds nothing
+                    if j.reserves and self.statuses.get(j.key, {}).get("phase") in status.TERMINAL else j
+                    for j in self._job_facts()]
             self.dispatcher.seen(jobs)
             now_t = asyncio.get_running_loop().time()
             cands = [c for c in self._candidates() if c.key not in self.deleting

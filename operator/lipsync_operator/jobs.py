@@ -48,6 +48,7 @@ MANAGED_BY = "lipsync-operator"
 UID_LABEL = "lipsync.dev/job-uid"          # on the Job and its pods: which LipSyncJob they render
 GPU_LABEL = "lipsync.dev/gpu"              # "true" when the Job counts against the GPU budget
 STEP_LABEL = "lipsync.dev/step"            # "render" (the pods that render chunks) or "stitch"
+STITCH_GPU_LABEL = "lipsync.dev/stitch-gpu"  # on an Indexed render Job: "true" when its stitch Job takes a GPU
 RENDER, STITCH = "render", "stitch"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # an Indexed Job's pod: its index
 OWNER_ANNOTATION = "lipsync.dev/owner"     # "<namespace>/<name>" of the LipSyncJob
@@ -143,6 +144,8 @@ def job_manifest(job: LipSyncJob, settings: Settings, step: str = RENDER, *,
         STEP_LABEL: step,
     }
     job_labels = dict(labels)
+    if step == RENDER and pods > 1:  # the stitch to come: the budget keeps its GPU slot (queue.plan)
+        job_labels[STITCH_GPU_LABEL] = "true" if gpu and job.spec.model.options.get("device") == "cuda" else "false"
     if settings.kueue_queue:
         job_labels[KUEUE_QUEUE_LABEL] = settings.kueue_queue
 

@@ -8,7 +8,9 @@ watch event has not arrived yet (``Dispatcher.started``), so two admissions in a
 take the last slot.
 
 * counts against the budget: every GPU pod of an unfinished GPU Job: a render Job of
-  ``spec.parallelism`` N takes N slots (its ``spec.parallelism``), a stitch Job with a GPU one;
+  ``spec.parallelism`` N takes N slots (its ``spec.parallelism``), a stitch Job with a GPU one,
+  and a finished render Job whose stitch takes a GPU keeps one until that stitch Job exists (a
+  failed create is retried: the slot is not given away meanwhile);
   a LipSyncJob whose render needs more slots than the whole budget is refused (``NotAllowed``);
 * waits: a valid, GPU-needing LipSyncJob with no Job, not finished, not being deleted, and whose
   status does not say a Job was already created for it (``status.jobName``: one Job, ever);
@@ -83,6 +85,7 @@ class JobFact:
     finished: bool
     slots: int = 1  # GPU pods it runs at once (its spec.parallelism) when gpu
     step: str = "render"  # or "stitch" (jobs.STEP_LABEL)
+    reserves: int = 0  # GPU slots kept for a Job still to be made: a finished render's GPU stitch
     # What the status is computed from: name, labels, spec.suspend, status (jobs.job_facts_body).
     body: Any = dataclasses.field(default=None, hash=False, repr=False)
 
@@ -109,9 +112,12 @@ def plan(candidates: Iterable[Candidate], jobs: Iterable[JobFact], *, budget: in
     flying = [c for c in in_flight if c.key not in has_job]
     has_job |= {c.key for c in flying}
     per_ns: collections.Counter[str] = collections.Counter()
+    stitching = {j.uid for j in jobs if j.step == "stitch"}
     for j in jobs:
         if j.gpu and not j.finished:
             per_ns[j.namespace] += max(1, j.slots)
+        elif j.reserves and j.uid not in stitching:  # its stitch Job is about to be made (or retried)
+            per_ns[j.namespace] += j.reserves
     for c in flying:
         if c.gpu:
             per_ns[c.namespace] += max(1, c.slots)

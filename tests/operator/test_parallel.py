@@ -119,6 +119,18 @@ def test_budget_counts_gpu_pods_and_a_wide_job_is_not_overtaken():
     assert plan([cand("b", 2, slots=2)], done, budget=2).running == 0
 
 
+def test_a_finished_render_keeps_a_slot_for_its_gpu_stitch_until_that_exists():
+    rendered = JobFact(namespace="ns", name="lipsync-r", owner="r", uid="uid-r", gpu=True, finished=True, slots=2,
+                       reserves=1)
+    assert plan([cand("b", 2, slots=2)], [rendered], budget=2).running == 1  # b waits: one slot is the stitch's
+    stitch = JobFact(namespace="ns", name="lipsync-r-stitch", owner="r", uid="uid-r", gpu=True, finished=False,
+                     step="stitch")
+    assert plan([], [rendered, stitch], budget=2).running == 1  # the stitch itself, not twice
+    m = job_manifest(parsed(2, options={"device": "cuda"}), settings())
+    assert m["metadata"]["labels"]["lipsync.dev/stitch-gpu"] == "true"
+    assert job_manifest(parsed(2), settings())["metadata"]["labels"]["lipsync.dev/stitch-gpu"] == "false"  # "auto": CPU
+
+
 # ---------------------------------------------------------------------------- the operator (emulated API)
 def index_pod(cluster, job, index, attempt=1):
     """The Job controller's part for an Indexed Job: a pod for one index, running."""
@@ -341,3 +353,58 @@ def test_the_permanent_failure_names_the_index_not_a_pod_terminated_after_it():
     st = from_indexed(None, job, [bad, pod(0, 143)], total=3, generation=1, now="t", render_name="r")
     assert (st["phase"], st["reason"]) == ("Failed", "InvalidWeights")
     assert st["message"] == "index 2 of 3: not a Wav2Lip checkpoint"
+
+
+def complete(cluster, job):
+    job_status(cluster, job, active=0, ready=0, succeeded=job["spec"]["completions"],
+               completedIndexes=f"0-{job['spec']['completions'] - 1}", completionTime=now_iso(),
+               conditions=[{"type": "Complete", "status": "True", "lastTransitionTime": now_iso()}])
+
+
+def render_all_indices(cluster, name, job):
+    pods = [index_pod(cluster, job, k) for k in range(job["spec"]["completions"])]
+    job_status(cluster, job, active=len(pods), ready=len(pods), startTime=now_iso())
+    wait_status(cluster, name, phase="Running")
+    for p in pods:
+        end(cluster, p, 0, partial(name))
+    complete(cluster, job)
+
+
+def test_a_deleted_stitch_job_ends_the_job_instead_of_running_for_ever(cluster, run_operator):
+    from lipsync_operator.jobs import stitch_job_name
+
+    with run_operator(LIPSYNC_GPU_BUDGET="2", LIPSYNC_RESYNC_SECONDS="0.5"):
+        cr = cluster.create(CRS, lipsyncjob("split", parallelism=2))
+        render_all_indices(cluster, "split", the_job(cluster, cr))
+        name = stitch_job_name("split", cr["metadata"]["uid"])
+        cluster.wait(lambda: cluster.get(JOBS, NS, name), message="the stitch Job")
+        wait_status(cluster, "split", stitchJobName=name)
+        cluster.delete(JOBS, NS, name)  # someone deletes the stitch Job before it ran
+        st = wait_status(cluster, "split", phase="Failed", timeout=10)
+    assert st["reason"] == "JobDeleted" and name in st["message"]
+
+
+def unfinished_gpu_pods(cluster):
+    from lipsync_operator.jobs import GPU_LABEL
+
+    return sum(j["spec"].get("parallelism") or 1 for j in cluster.list(JOBS, NS)
+               if j["metadata"]["labels"].get(GPU_LABEL) == "true"
+               and not any(c["type"] in ("Complete", "Failed") for c in (j.get("status") or {}).get("conditions") or []))
+
+
+def test_a_gpu_stitch_job_keeps_its_slot_through_a_failed_create(cluster, run_operator):
+    wav2lip = {"name": "wav2lip", "weights": "s3://models/w.pth"}
+    with run_operator(LIPSYNC_GPU_BUDGET="2", LIPSYNC_RESYNC_SECONDS="0.5"):
+        cr = cluster.create(CRS, lipsyncjob("wide", parallelism=2, model={**wav2lip, "options": {"device": "cuda"}}))
+        job = the_job(cluster, cr)
+        cluster.create(CRS, lipsyncjob("next", parallelism=2, model=wav2lip))
+        wait_status(cluster, "next", phase="Queued")
+        # the stitch Job's creation fails a few times (retried with backoff) while the queue looks again
+        cluster.refuse("POST", f"/apis/batch/v1/namespaces/{NS}/jobs", status=500, message="etcd hiccup", times=4)
+        render_all_indices(cluster, "wide", job)  # its stitch needs a GPU: one of its 2 slots stays its own
+        peak = 0
+        for _ in range(30):
+            peak = max(peak, unfinished_gpu_pods(cluster))
+            time.sleep(0.1)
+        assert peak <= 2, "more GPU pods than the budget"
+        assert status_of(cluster, "next")["phase"] == "Queued"  # 1 slot free: not the 2 it needs
