@@ -83,7 +83,7 @@ def run_pod(manifest: dict, tmp_path: Path, index: int | None = None) -> tuple[d
     if index is not None:  # an Indexed Job's pod: the Job controller sets its index
         assert manifest["spec"]["completionMode"] == "Indexed"
         env["JOB_COMPLETION_INDEX"] = str(index)
-    args = container["args"]
+    args = container["command"]
     assert args[0] == "lipsync"
     proc = run_cli(*args[1:], env=env, cwd=workdir)
     assert list(workdir.iterdir()) == [], "the runner wrote outside its volume"
@@ -139,7 +139,7 @@ def test_indexed_pods_render_shares_then_the_stitch_job_publishes(bucket, tmp_pa
     running = {**render, "status": {"active": 0, "succeeded": 2, "completedIndexes": "0-1"}}
     assert status.indices_done(running, pods, 2) == {0, 1}
     stitch = jobs.job_manifest(parse_job(jobs.runner_document_of(render)), SETTINGS, step=jobs.STITCH)
-    assert "--shard" not in stitch["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--shard" not in stitch["spec"]["template"]["spec"]["containers"][0]["command"]
     spod, stdout = run_pod(stitch, tmp_path / "stitch")
     assert spod["status"]["phase"] == "Succeeded", stdout[-3000:]
     metrics = json.loads(s3.client_from_env().get_object(s3server.BUCKET, "renders/promo/metrics.json").read())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from lipsync.errors import REASONS
 from lipsync.io import s3
 
 from . import s3server
-from .media import clip, job_file, packet_lines, packet_md5, run_cli, speech, stream
+from .media import RUNNER, clip, job_file, packet_lines, packet_md5, run_cli, speech, stream
 
 pytestmark = pytest.mark.slow  # renders or scores whole clips: `-m "not slow"` skips them
 
@@ -114,3 +116,43 @@ def test_server_restarted_in_the_middle_of_the_upload(s3_server, tmp_path):
     got, original = packet_lines(out), packet_lines(audio)
     assert got and got == original[:len(got)]  # the speech's own packets, cut at the video's end
     assert int(stream(out, "video")["nb_frames"]) == 25
+
+
+def test_in_a_cluster_no_child_of_the_runner_holds_a_credential(s3_server, inputs, tmp_path):
+    """In a cluster (a job's own program may run as the runner's user), the runner keeps the
+    credentials to itself: its ffmpeg children and chunk workers start without them (the workers
+    get them on stdin), and the render still reads and writes the bucket."""
+    import shutil
+
+    seen = tmp_path / "ffmpeg-env.txt"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ffmpeg").write_text(f"#!/bin/sh\nenv >> {seen}\nexec {shutil.which('ffmpeg')} \"$@\"\n")
+    (bin_dir / "ffmpeg").chmod(0o755)
+    longer = clip(tmp_path / "longer.mp4", seconds=2.4)  # 1 s chunks: 3 of them, for 2 workers
+    s3.client_from_env().fput_object(s3server.BUCKET, "inputs/longer.mp4", str(longer))
+    path = job_file(tmp_path, name="kept", video="s3://lipsync/inputs/longer.mp4", audio="s3://lipsync/inputs/speech.m4a",
+                    timing={"follow": "video"}, output={"uri": "s3://lipsync/renders/kept", "preset": "ultrafast"},
+                    render={"chunkSeconds": 1})
+    proc = run_cli("run", str(path), "--workers", "2", "--log-format", "json",
+                   env={"LIPSYNC_IN_CLUSTER": "1", "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    metrics = json.loads(s3.S3Store("s3://lipsync/renders/kept").get("metrics.json"))
+    assert metrics["chunks"]["workers"] == 2  # the workers wrote their chunks to the bucket
+    dumped = seen.read_text()
+    assert dumped.count("PATH=") >= 4  # ffmpeg ran for the track, each worker's decode and encode, the remux
+    assert s3server.SECRET_KEY not in dumped and s3server.ACCESS_KEY not in dumped and "AWS_SECRET" not in dumped
+
+
+def test_confined_credentials_stay_usable_and_redacted_but_leave_the_environment():
+    code = ("import os, subprocess, ctypes; from lipsync import credentials, redact; "
+            "os.environ['AWS_SECRET_ACCESS_KEY'] = 'sekrit-value-42'; os.environ['HF_TOKEN'] = 'hf-token-value'; "
+            "credentials.confine(); "
+            "child = subprocess.run(['env'], capture_output=True, text=True).stdout; "
+            "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0), 'AWS_SECRET_ACCESS_KEY' in os.environ, "
+            "'sekrit' in child or 'hf-token' in child, credentials.get('AWS_SECRET_ACCESS_KEY'), "
+            "redact.redact('key sekrit-value-42 and hf-token-value'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(RUNNER)}).stdout.split(maxsplit=4)
+    assert out[:4] == ["0", "False", "False", "sekrit-value-42"]  # not dumpable; gone from the environment
+    assert "sekrit" not in out[4] and "hf-token" not in out[4]

@@ -4,9 +4,7 @@ same shots, as one scan of the whole video."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 

@@ -189,7 +189,9 @@ def job_manifest(job: LipSyncJob, settings: Settings, step: str = RENDER, *,
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.runner_image,
-        "args": list(RUNNER_COMMAND) + (["--shard", f"auto/{pods}"] if pods > 1 else []),  # args, not command: the image's tini entrypoint stays PID 1
+        # command, not args: the runner is the pod's PID 1, not the image's tini, so no process a
+        # job's own program can read holds the credentials (lipsync.credentials)
+        "command": list(RUNNER_COMMAND) + (["--shard", f"auto/{pods}"] if pods > 1 else []),
         "env": env,
         "resources": resources,
         "terminationMessagePath": RESULT_FILE,

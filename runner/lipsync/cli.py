@@ -12,7 +12,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from . import cpus, log, malloc, policy
+from . import cpus, credentials, log, malloc, policy
 from .malloc import MALLOC_TUNABLES  # noqa: F401 - where tests and docs look for it
 from .errors import REASONS, InputNotFound, InvalidSpec, LipSyncError
 from .extras import require_torch
@@ -426,6 +426,8 @@ def _tune_malloc(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the command line itself (not a call from Python)
         _tune_malloc(sys.argv[1:])
+        if policy.in_cluster():  # a job's own program may run as this user: nothing it can read holds a secret
+            credentials.confine()
         cpus.apply_to_libraries()  # a pod given fewer cores than its node has: size the pools to them
     args = parser().parse_args(argv)
     if args.command == "run" and not args.files and not args.job_env:

@@ -46,10 +46,19 @@ _SHAPES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable of this name holds a secret."""
+    return name in SECRET_ENV or bool(_SECRET_NAME.search(name))
+
+
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
-    """The values of this environment's secret-looking variables, longest first."""
-    env = os.environ if env is None else env
-    found = {v for k, v in env.items() if (k in SECRET_ENV or _SECRET_NAME.search(k)) and len(v) >= _MIN_SECRET_LEN}
+    """The values of this environment's secret-looking variables (and, by default, of those the
+    runner took out of its environment: ``lipsync.credentials``), longest first."""
+    if env is None:
+        from . import credentials
+
+        env = {**os.environ, **credentials.held()}
+    found = {v for k, v in env.items() if is_secret_name(k) and len(v) >= _MIN_SECRET_LEN}
     return sorted(found, key=len, reverse=True)
 
 

@@ -54,7 +54,7 @@ def test_runner_contract_command_env_and_result_file():
     s = Settings(runner_image="img:1", s3_secret="creds", s3_endpoint="http://minio:9000")
     c = container(job_manifest(job(), s))
     assert c["image"] == "img:1"
-    assert c["args"] == ["lipsync", "run", "--job-env", "LIPSYNC_JOB", "--log-format", "json"]
+    assert c["command"] == ["lipsync", "run", "--job-env", "LIPSYNC_JOB", "--log-format", "json"]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["LIPSYNC_RESULT_FILE"] == RESULT_FILE == "/dev/termination-log"
     assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"

@@ -61,7 +61,7 @@ def test_create_makes_one_job_with_gpu_owner_and_name(cluster, run_operator):
     assert job["metadata"]["name"].startswith("lipsync-talk-1-") and len(job["metadata"]["name"]) <= 63
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}
-    assert container["args"] == ["lipsync", "run", "--job-env", "LIPSYNC_JOB", "--log-format", "json"]
+    assert container["command"] == ["lipsync", "run", "--job-env", "LIPSYNC_JOB", "--log-format", "json"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert json.loads(env["LIPSYNC_JOB"])["metadata"]["uid"] == cr["metadata"]["uid"]
     assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]

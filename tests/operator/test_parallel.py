@@ -48,12 +48,12 @@ def test_parallelism_makes_an_indexed_job_with_per_index_retries_and_the_same_fa
     assert spec["backoffLimitPerIndex"] == 4 and spec["maxFailedIndexes"] == 0
     assert "backoffLimit" not in spec  # with backoffLimitPerIndex the per-index limit governs
     assert spec["podFailurePolicy"] == one["spec"]["podFailurePolicy"]
-    assert runner(many)["args"][-2:] == ["--shard", "auto/3"]
+    assert runner(many)["command"][-2:] == ["--shard", "auto/3"]
     assert runner(many)["resources"]["limits"]["nvidia.com/gpu"] == "1"  # per pod
     assert many["metadata"]["name"] == job_name("long-talk", UID)
     assert many["metadata"]["labels"][STEP_LABEL] == "render"
     # parallelism 1 is exactly the Job of before: no Indexed mode, no shard, backoffLimit kept.
-    assert "completionMode" not in one["spec"] and "--shard" not in runner(one)["args"]
+    assert "completionMode" not in one["spec"] and "--shard" not in runner(one)["command"]
     assert (one["spec"]["completions"], one["spec"]["parallelism"], one["spec"]["backoffLimit"]) == (1, 1, 3)
 
 
@@ -68,7 +68,7 @@ def test_stitch_job_runs_the_plain_runner_without_a_gpu_unless_cuda_is_demanded(
     stitch = job_manifest(parsed(3), settings(), step="stitch")
     assert stitch["metadata"]["name"] == stitch_job_name("long-talk", UID) != job_name("long-talk", UID)
     assert "completionMode" not in stitch["spec"] and stitch["spec"]["completions"] == 1
-    assert "--shard" not in runner(stitch)["args"]
+    assert "--shard" not in runner(stitch)["command"]
     assert "nvidia.com/gpu" not in runner(stitch)["resources"].get("limits", {})
     assert {"name": "CUDA_VISIBLE_DEVICES", "value": ""} in runner(stitch)["env"]
     assert stitch["metadata"]["labels"][GPU_LABEL] == "false" and stitch["metadata"]["labels"][STEP_LABEL] == "stitch"
@@ -191,7 +191,7 @@ def test_parallelism_3_is_one_indexed_job_taking_3_budget_slots(cluster, run_ope
         assert len(cluster.list(JOBS, NS)) == 3
     spec = job["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
-    assert job["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--shard", "auto/3"]
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-2:] == ["--shard", "auto/3"]
     assert too_wide["reason"] == "NotAllowed" and "spec.parallelism 5" in too_wide["message"]
     assert "at most 4" in too_wide["message"]
 
@@ -254,7 +254,7 @@ def test_indices_out_of_order_a_retry_then_the_stitch_step(cluster, run_operator
                         if b["metadata"]["name"] == name]
     assert len(stitch_posts) == 1  # one stitch Job, ever
     assert "completionMode" not in stitch["spec"] and "--shard" not in stitch["spec"]["template"]["spec"][
-        "containers"][0]["args"]
+        "containers"][0]["command"]
     assert st["artifacts"]["video"] == "s3://media/out/split/output.mp4" and st["progress"] == 100
     assert conds(st)["Ready"] == ("True", "Succeeded")
     assert cluster.phases(NS, "split") == ["Pending", "Running", "Succeeded"]

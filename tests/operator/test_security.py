@@ -61,8 +61,8 @@ def run_container(job: dict, tmp_path: Path) -> tuple[subprocess.CompletedProces
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     result = tmp_path / "termination-log"
     env["LIPSYNC_RESULT_FILE"] = str(result)
-    assert container["args"][0] == "lipsync"
-    proc = run_cli(*container["args"][1:], env=env)  # the test process's env holds the S3 secret (envFrom)
+    assert container["command"][0] == "lipsync"
+    proc = run_cli(*container["command"][1:], env=env)  # the test process's env holds the S3 secret (envFrom)
     return proc, result.read_text() if result.exists() else ""
 
 

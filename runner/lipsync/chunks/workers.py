@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import cpus, malloc
+from .. import cpus, credentials, malloc
 from ..errors import LipSyncError
 from . import Chunk
 from .render import RenderTask, prepared_model, render_chunks
@@ -45,8 +45,11 @@ def run_workers(task: RenderTask, shares: list[list[Chunk]], on_chunk: Callable[
                    "LIPSYNC_PARENT_PID": str(os.getpid()), cpus.CPUS_ENV: str(per_worker)}
             proc = subprocess.Popen([sys.executable, "-m", "lipsync.chunks.workers", str(task_file), str(result),
                                      ",".join(str(c.index) for c in share)],
-                                    stdout=subprocess.PIPE, text=True, env=env)
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
             procs.append((proc, result))
+            assert proc.stdin is not None
+            proc.stdin.write(credentials.for_child().decode())  # the credentials, never in its environment
+            proc.stdin.close()
 
             def read(p: subprocess.Popen = proc) -> None:
                 assert p.stdout is not None
@@ -123,6 +126,7 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str]) -> int:
     task_file, result, indices = Path(argv[0]), Path(argv[1]), {int(i) for i in argv[2].split(",") if i}
+    credentials.adopt(sys.stdin.buffer.read())  # non-dumpable first, then the parent's credentials
     signal.signal(signal.SIGTERM, _terminate)
     malloc.adopt()  # started with the model's malloc settings: its ffmpeg children do not inherit them
     cpus.apply_to_libraries()  # this worker's share of the budget

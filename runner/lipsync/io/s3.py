@@ -49,7 +49,7 @@ from minio.commonconfig import ComposeSource
 from minio.error import MinioException, S3Error, ServerError
 from minio.helpers import MAX_MULTIPART_COUNT, MIN_PART_SIZE, check_bucket_name
 
-from .. import env
+from .. import credentials, env
 from . import limits
 from .limits import Deadline
 from ..errors import (
@@ -118,9 +118,9 @@ class S3Config:
             endpoint=endpoint,
             secure=secure,
             region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION,
-            access_key=os.environ.get("AWS_ACCESS_KEY_ID") or None,
-            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
-            session_token=os.environ.get("AWS_SESSION_TOKEN") or None,
+            access_key=credentials.get("AWS_ACCESS_KEY_ID"),
+            secret_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=credentials.get("AWS_SESSION_TOKEN"),
             ca_bundle=os.environ.get("AWS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or None,
         )
 

@@ -21,10 +21,8 @@ entry point that forks ffmpeg, say), not just the first process.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
-import sys
 import signal
 import subprocess
 import threading
@@ -36,7 +34,7 @@ from pathlib import Path
 
 import ffmpeg
 
-from .. import log
+from .. import credentials, log
 from ..errors import ModelFailed, ModelTimeout
 from ..spec import CommandOptions
 from .base import ClipJob
@@ -109,17 +107,6 @@ def program_env(env: Mapping[str, str], extra: Mapping[str, str] | None = None) 
     return out
 
 
-def _undumpable() -> None:
-    """Make this process non-dumpable: /proc/<pid>/environ and /proc/<pid>/mem become unreadable
-    to other processes of the same user (the model program). Linux only; elsewhere a no-op."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 4
-    except (OSError, AttributeError):  # pragma: no cover - no prctl
-        pass
-
-
 def run_command(argv: list[str], *, cwd: Path, env: Mapping[str, str], timeout_s: float, name: str) -> None:
     """Run to completion; ModelTimeout past ``timeout_s``, ModelFailed on a non-zero exit.
 
@@ -127,7 +114,7 @@ def run_command(argv: list[str], *, cwd: Path, env: Mapping[str, str], timeout_s
     run log only; a ModelFailed carries its last lines as ``detail``, never in its message.
     """
     log.event(f"{name}: running {argv[0]}", event="model-command", argv=argv, cwd=str(cwd))
-    _undumpable()
+    credentials.undumpable()
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
