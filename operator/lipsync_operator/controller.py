@@ -224,7 +224,27 @@ class Controller:
 
     def _facts_of(self, key: Key, uid: str) -> list[queue.JobFact]:
         store = (self.job_index or {}).get(key) or []
-        return [j for j in store if j.uid == uid]
+        return self._made_by_us(key, [j for j in store if j.uid == uid])
+
+    def _made_by_us(self, key: Key, facts: list[queue.JobFact], cur: Mapping[str, Any] | None = None
+                    ) -> list[queue.JobFact]:
+        """The Jobs of ``facts`` this operator made: the ones its status (written by the operator
+        alone) names, the one it is creating now, the stitch it created. Anyone who may create
+        Jobs in the namespace can label one as ours and point it at a LipSyncJob; such a Job is
+        neither counted against the GPU budget nor taken for the LipSyncJob's render (adopting a
+        Job of our name on a 409 checks its spec against ours: ``_adoptable``)."""
+        if not facts:
+            return facts
+        cur = self.statuses.get(key) or (self._candidate(key).status if self._candidate(key) else None) or {} \
+            if cur is None else cur
+        names = {cur.get("jobName"), cur.get("stitchJobName")}
+        started = self.dispatcher.started.get(key)
+        if started is not None:
+            names.add(jobs_mod.job_name(key[1], started.uid))
+        made = self.stitched.get(key)
+        if made is not None:
+            names.add((made.get("metadata") or {}).get("name"))
+        return [f for f in facts if f.name in names]
 
     def snapshot(self) -> dict[str, Any]:
         phases = collections.Counter(s.get("phase") for s in self.statuses.values() if s.get("phase"))
@@ -591,10 +611,22 @@ class Controller:
             verb = "adopted"
             if made is None:
                 raise RuntimeError(f"Job {name} exists but is not this LipSyncJob's (yet)") from e
+            await self._adoptable(key[0], made, manifest)
         kopf.event(ref(key[0], key[1], uid), type="Normal",
                    reason="StitchJobCreated" if verb == "created" else "StitchJobAdopted",
                    message=f"every index rendered; {verb} Job {name} to join the chunks and publish")
         return made
+
+    async def _adoptable(self, namespace: str, job: dict[str, Any], manifest: dict[str, Any]) -> None:
+        """A Job of our name that was already there (a create answered 409) is ours only if its
+        spec is the one we would make (an earlier try of ours); any other was made by someone
+        else, is deleted, and the create is tried again."""
+        if jobs_mod.made_as(job) == jobs_mod.made_as(manifest):
+            return
+        name = job["metadata"]["name"]
+        await self.kube.delete_job(namespace, name)
+        log.warning("deleted Job %s/%s: it has this operator's name and labels but not a spec it made", namespace, name)
+        raise RuntimeError(f"Job {name} existed with a spec this operator did not make: deleted; creating it again")
 
     async def _replace(self, cand: queue.Candidate, old: queue.JobFact, now: str) -> None:
         """A suspended Job that Kueue never admitted, for a spec since edited: the edit is taken.
@@ -648,9 +680,12 @@ class Controller:
         if self.cr_index is None:
             return None
         async with self.dispatcher.lock:
+            by_owner: dict[Key, list[queue.JobFact]] = collections.defaultdict(list)
+            for j in self._job_facts():
+                by_owner[j.key].append(j)
             jobs = [dataclasses.replace(j, reserves=0)  # a stitch that will never be made holds nothing
                     if j.reserves and self.statuses.get(j.key, {}).get("phase") in status.TERMINAL else j
-                    for j in self._job_facts()]
+                    for key, facts in by_owner.items() for j in self._made_by_us(key, facts)]
             self.dispatcher.seen(jobs)
             now_t = asyncio.get_running_loop().time()
             cands = [c for c in self._candidates() if c.key not in self.deleting
@@ -700,6 +735,7 @@ class Controller:
                     verb = "adopted"
                     if job is None or jobs_mod.owner_of(job) != c.key or _controller_uid(job) != c.uid:
                         raise RuntimeError(f"Job {name} exists but is not this LipSyncJob's (yet)")
+                    await self._adoptable(c.namespace, job, manifest)
         except Exception as e:
             self.dispatcher.forget(c.key)
             why = f"{e.status} {e.reason}: {_api_message(e.body)}" if isinstance(e, KubeError) else str(e)

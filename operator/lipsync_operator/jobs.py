@@ -348,6 +348,21 @@ def job_spec_digest(job: dict[str, Any]) -> str | None:
     return spec_digest(spec) if isinstance(spec, dict) else None
 
 
+def made_as(job: dict[str, Any]) -> str:
+    """How much of the GPU budget a Job takes, as text to compare a Job found under our name with
+    the manifest we would make: spec.parallelism, completions, completionMode, suspend and each
+    container's accelerator limits (fields the API server does not default; an older operator's
+    Job of the same LipSyncJob compares equal even where its image, memory or settings differ)."""
+    spec = job.get("spec") or {}
+    pod = (spec.get("template") or {}).get("spec") or {}
+    return json.dumps({
+        "parallelism": spec.get("parallelism"), "completions": spec.get("completions"),
+        "completionMode": spec.get("completionMode"), "suspend": bool(spec.get("suspend")),
+        "accelerators": [{k: v for k, v in ((c.get("resources") or {}).get("limits") or {}).items()
+                          if k not in ("cpu", "memory", "ephemeral-storage")} for c in pod.get("containers") or []],
+    }, sort_keys=True)
+
+
 def job_facts_body(job: dict[str, Any]) -> dict[str, Any]:
     """The parts of a Job its LipSyncJob's status is computed from (kept in the operator's index)."""
     meta = job.get("metadata") or {}

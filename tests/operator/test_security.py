@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,50 @@ def test_the_runner_applies_the_prefix_policy_too(tmp_path):
     proc = run_cli("run", "--job-env", "LIPSYNC_JOB", "--log-format", "json", env=env)
     assert proc.returncode == 25, proc.stdout + proc.stderr
     assert json.loads(result.read_text())["reason"] == "NotAllowed"
+
+
+def forged_job(owner: dict, name: str, parallelism: int) -> dict:
+    """A Job anyone who may create Jobs in the namespace can make: our labels, a controller
+    reference to a LipSyncJob of theirs, as wide as they like, suspended (it costs them nothing)."""
+    from lipsync_operator.jobs import GPU_LABEL, MANAGED_BY, MANAGED_BY_LABEL, UID_LABEL
+
+    uid = owner["metadata"]["uid"]
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": NS,
+                         "labels": {MANAGED_BY_LABEL: MANAGED_BY, GPU_LABEL: "true", UID_LABEL: uid},
+                         "ownerReferences": [{"apiVersion": "lipsync.dev/v1alpha1", "kind": "LipSyncJob",
+                                              "name": owner["metadata"]["name"], "uid": uid, "controller": True}]},
+            "spec": {"parallelism": parallelism, "completions": parallelism, "suspend": True,
+                     "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "x", "image": "busybox"}]}}}}
+
+
+WAV2LIP = {"name": "wav2lip", "weights": "s3://models/w.pth"}
+
+
+def test_a_job_labelled_as_ours_by_someone_else_takes_no_gpu_slot(cluster, run_operator):
+    with run_operator(LIPSYNC_GPU_BUDGET="2", LIPSYNC_RESYNC_SECONDS="0.5"):
+        decoy = cluster.create(CRS, lipsyncjob("decoy"))  # baseline: needs no GPU, takes no slot
+        cluster.create(JOBS, forged_job(decoy, "hog", 1000))
+        cluster.create(CRS, lipsyncjob("team-b", model=WAV2LIP))
+        st = wait_status(cluster, "team-b", phase="Pending")  # its Job was made: not Queued behind 1000 slots
+    assert st.get("jobName") and st["jobName"] != "hog"
+    assert status_of(cluster, "decoy").get("jobName") != "hog"  # nor taken for the decoy's own render
+
+
+def test_a_job_planted_under_a_queued_jobs_name_is_replaced_when_its_turn_comes(cluster, run_operator):
+    with run_operator(LIPSYNC_GPU_BUDGET="1", LIPSYNC_RESYNC_SECONDS="0.5"):
+        first = cluster.create(CRS, lipsyncjob("first", model=WAV2LIP))
+        running = cluster.wait(lambda: cluster.get(JOBS, NS, job_name("first", first["metadata"]["uid"])),
+                               message="the first Job")
+        waiting = cluster.create(CRS, lipsyncjob("waiting", model=WAV2LIP))
+        wait_status(cluster, "waiting", phase="Queued")
+        planted = job_name("waiting", waiting["metadata"]["uid"])
+        cluster.create(JOBS, forged_job(waiting, planted, 50))
+        time.sleep(1.5)  # resyncs: the planted Job is not taken for its render, nor counted
+        assert status_of(cluster, "waiting")["phase"] == "Queued"
+        finish_job(cluster, running, ok=True, succeeded=1)
+        # its create meets the planted Job (409): not its spec, so deleted, and the real one made
+        st = wait_status(cluster, "waiting", jobName=planted, timeout=20)
+        job = cluster.wait(lambda: (j := cluster.get(JOBS, NS, planted)) and not j["spec"].get("suspend") and j,
+                           message="the real Job")
+    assert st["phase"] in ("Pending", "Running") and job["spec"]["parallelism"] == 1
