@@ -14,7 +14,10 @@ Prints:
    side of the true centre), and the false faces found on the bare background;
 2b. the found-face rate toward profile: the photograph turned about its vertical axis (a card:
    foreshortening, not the far eye hidden as a real head hides it), 0°–80°;
-3. ``build_track`` seconds for a 5-minute and a 60-minute scan (linear: the ratio is about 12).
+3. ``build_track`` seconds for a 5-minute and a 60-minute scan (linear: the ratio is about 12);
+4. a long video's whole track stage (``pipeline.scan_video``: decode + scan) in one pass against
+   its 30 s segments scanned at once (``track.scan_segments``, one per two cores), wall and CPU
+   seconds, paired (``--long`` seconds of 1080p; 0 skips it).
 
 "Before" is the track module as it was at commit ``BEFORE`` (Haar on a 640 px BGR copy), read
 from this repository's history, so both run on the same machine in the same minute.
@@ -114,6 +117,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--yunet", type=Path, help="YuNet ONNX weights: adds a YuNet column")
+    ap.add_argument("--long", type=float, default=64.0, help="seconds of the long 1080p video of section 4 (0: skip)")
     args = ap.parse_args()
     seconds, tries = (4.0, 3) if args.quick else (10.0, 6)
     old = before_module()
@@ -176,6 +180,37 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
         print(f"   {minutes:3d} min: {times[-1]:.2f} s")
     print(f"   60 min ÷ 5 min: {times[1] / times[0]:.1f} (12 is linear)")
+    if args.long:
+        long_video(args.long)
+
+
+def long_video(seconds: float) -> None:
+    """Section 4: one pass against segments at once, on a ``seconds`` long 1080p sample."""
+    import dataclasses
+    import resource
+    import tempfile
+
+    from lipsync import cpus, pipeline
+    from lipsync.io.probe import probe_video
+    from lipsync.sample import VideoRecipe, make_video
+
+    def cpu() -> float:
+        c, me = resource.getrusage(resource.RUSAGE_CHILDREN), resource.getrusage(resource.RUSAGE_SELF)
+        return c.ru_utime + c.ru_stime + me.ru_utime + me.ru_stime
+
+    with tempfile.TemporaryDirectory() as tmp:
+        video = make_video(Path(tmp) / "long.mp4", VideoRecipe(width=W, height=H, seconds=seconds))
+        info = probe_video(video)
+        starts = track.segment_starts(info.frames_estimate, float(info.fps), FaceSpec().detect_every)
+        print(f"4. the track stage of a {seconds:.0f} s 1080p video: one pass against {len(starts)} segments, "
+              f"{max(1, min(len(starts), cpus.budget() // 2))} at once ({cpus.budget()} cores), 2 pairs")
+        one_pass = dataclasses.replace(info, container="mpegts")  # a container without an index: one pass
+        for _ in range(2):
+            for name, i in (("one pass", one_pass), ("segments", info)):
+                t0, c0 = time.perf_counter(), cpu()
+                sc = pipeline.scan_video(video, i, FaceSpec())
+                print(f"   {name:9s} {time.perf_counter() - t0:6.2f} s wall  {cpu() - c0:6.2f} CPU s  "
+                      f"({sc.frames / (time.perf_counter() - t0):.0f} frames/s)", flush=True)
 
 
 if __name__ == "__main__":

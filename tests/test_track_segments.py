@@ -19,7 +19,7 @@ from .test_track import SW, SH, listener_face
 
 
 @pytest.mark.parametrize("container,extra", [("mp4", ("-g", "50", "-bf", "2")),
-                                             ("mkv", ("-g", "30", "-output_ts_offset", "1.5"))],
+                                             ("mkv", ("-g", "10", "-output_ts_offset", "1.5"))],
                          ids=["mp4", "mkv-starting-at-1.5s"])
 def test_a_segment_reads_exactly_its_frames(tmp_path, container, extra):
     src = indexed_clip(tmp_path / f"indexed.{container}", 60, *extra)

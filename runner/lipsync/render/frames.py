@@ -26,7 +26,7 @@ import numpy as np
 from .. import cpus, env
 from ..errors import EncodeFailed, InvalidMedia
 from ..io.probe import Colour
-from ..video.decode import grid_origin, tail
+from ..video.decode import grid_origin, seek_args, tail
 
 _END = object()
 
@@ -155,16 +155,17 @@ def decode_args(path: Path, layout: Layout, *, fps: Fraction, start_time: float,
 
     Frames are numbered on one grid for every read: timestamps are kept (``-copyts``) and the fps
     filter starts at the stream's own first timestamp, so frame k is the same picture whether the
-    read starts at 0 or seeks. A read from ``start_frame`` seeks to half a frame before it (when
-    ``seek``: containers with an index) and ``trim`` then drops anything earlier, exactly.
+    read starts at 0 or seeks. A read from ``start_frame`` starts at the keyframe at or before it
+    (``video.decode.seek_args``, when ``seek``: containers with an index) and ``trim`` then drops
+    anything earlier, exactly.
     (Timestamps are absolute, so trims are in seconds from ``start_time``, not frame counts.)
     ``threads``: the decoder's threads (None: ffmpeg's choice).
     """
     argv = ["ffmpeg", "-nostdin", "-loglevel", "error"]
     if threads:
         argv += ["-threads", str(threads)]
-    if start_frame and seek:
-        argv += ["-ss", f"{max(0.0, (start_frame - 0.5) / float(fps)):.6f}"]
+    if start_frame and seek:  # from the keyframe at or before the frame; trim starts exactly at it
+        argv += seek_args(start_frame, fps)
     argv += ["-copyts", "-i", str(path), "-map", "0:v:0"]
     origin = grid_origin(start_time, fps)
     chain = [f"fps=fps={fps}:start_time={origin:.6f}"]

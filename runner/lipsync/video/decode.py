@@ -39,6 +39,17 @@ def grid_origin(start_time: float, fps: Fraction) -> float:
     return float(round(Fraction(start_time).limit_denominator(1_000_000) * fps) / fps)
 
 
+def seek_args(start_frame: int, fps: Fraction) -> list[str]:
+    """Input options that start a read at the keyframe at or before frame ``start_frame``,
+    without dropping anything: the caller's ``trim`` then starts exactly at the frame. ``-ss`` is
+    counted from the file's start (ffmpeg adds it), which is never after the video's first frame,
+    so the target never passes the frame; it aims a little past the frame's own time, so a
+    keyframe on the frame itself is where the read starts (aiming half a frame before it, as
+    before, decoded the whole previous GOP: at every chunk start, which falls on a keyframe when
+    the chunk length is a multiple of the GOP's)."""
+    return ["-noaccurate_seek", "-ss", f"{(start_frame + 0.45) / float(fps):.6f}"]
+
+
 def analysis_command(path: Path, *, fps: Fraction, start_time: float, size: tuple[int, int], pix_fmt: str,
                      start_frame: int = 0, frames: int | None = None, threads: int | None = None) -> list[str]:
     """The face track's decode of frames ``start_frame`` .. (``frames`` of them; None: to the end)
@@ -51,7 +62,7 @@ def analysis_command(path: Path, *, fps: Fraction, start_time: float, size: tupl
         argv += ["-threads", str(threads)]
     argv += ["-skip_loop_filter", "all"]
     if start_frame:
-        argv += ["-ss", f"{max(0.0, (start_frame - 0.5) / float(fps)):.6f}"]
+        argv += seek_args(start_frame, fps)
     argv += ["-copyts", "-i", str(path), "-map", "0:v:0"]
     origin = grid_origin(start_time, fps)
     chain = [f"fps=fps={fps}:start_time={origin:.6f}"]

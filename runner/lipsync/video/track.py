@@ -177,19 +177,22 @@ class Identity:
 @dataclass
 class Segment:
     """A scan of frames ``first`` .. (``scan.frames`` of them, indices global), the appearance of
-    the first face it chose (None: it chose none) and who it followed at its end."""
+    the first face it chose (None: it chose none), who it followed at its end, and the thumbnails
+    of its first and last frames (whether a shot changes between two segments)."""
 
     first: int
     scan: Scan
     first_choice: np.ndarray | None
     identity: Identity
+    first_thumb: np.ndarray | None = None
+    last_thumb: np.ndarray | None = None
 
 
 def scan_segment(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, weights: Path | None = None, *,
-                 first: int = 0, context: np.ndarray | None = None, carry: Identity | None = None) -> Segment:
-    """``scan`` of the frames from global index ``first`` on. ``context``: the frame before them
-    (whether ``first`` starts a new shot is judged against it; None: it does). ``carry``: who was
-    followed before ``first`` (None: the selection rule picks, as at the start of a video)."""
+                 first: int = 0, carry: Identity | None = None) -> Segment:
+    """``scan`` of the frames from global index ``first`` on, ``first`` starting a shot.
+    ``carry``: who was followed before ``first`` (None: the selection rule picks, as at the
+    start of a video)."""
     det = faces.detector(face.detector, weights if weights is not None else face_weights(face))
     every = face.detect_every
     detections: dict[int, Box | None] = {}
@@ -297,12 +300,14 @@ def scan_segment(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, wei
         last_key = i
 
     n = 0
-    prev_thumb = _thumb(grey(context)) if context is not None else None
+    prev_thumb: np.ndarray | None = None
+    first_thumb: np.ndarray | None = None
     for i, frame in enumerate(frames, first):
         n = i + 1 - first
         gray = grey(frame)
         thumb = _thumb(gray)
-        is_cut = prev_thumb is None or float(np.abs(thumb - prev_thumb).mean()) > CUT_THRESHOLD
+        first_thumb = thumb if first_thumb is None else first_thumb
+        is_cut = prev_thumb is None or _changed(thumb, prev_thumb)
         prev_thumb = thumb
         if is_cut:
             if buffer and buffer[-1][0] != last_key:
@@ -320,7 +325,12 @@ def scan_segment(frames: Iterable[np.ndarray], scale: float, face: FaceSpec, wei
         keyframe(*buffer[-1])  # the last frame anchors the tail
     sc = Scan(n, detections, cuts or [0] if first == 0 else cuts, calls, landmarks,
               {k: v for k, v in followed.items() if k not in detections}, searches, most)
-    return Segment(first, sc, first_choice, Identity(look, others))
+    return Segment(first, sc, first_choice, Identity(look, others), first_thumb, prev_thumb)
+
+
+def _changed(thumb: np.ndarray, before: np.ndarray) -> bool:
+    """Whether two consecutive frames' thumbnails are different shots."""
+    return float(np.abs(thumb - before).mean()) > CUT_THRESHOLD
 
 
 def segment_starts(n_frames: int, fps: float, every: int, seconds: float = SEGMENT_S) -> list[int]:
@@ -338,9 +348,10 @@ def scan_segments(read: Callable[[int, int | None], Iterable[np.ndarray]], start
     """``scan`` of a whole video in segments scanned at once (``workers`` at a time).
 
     ``read(start, count)`` yields the analysis frames ``start`` .. ``start + count - 1`` (count
-    None: to the end). Each segment after the first is read from the frame before it (whether it
-    starts a new shot is judged against that frame) and begins without knowing who was followed,
-    so its rule picks; the segments are then linked in order: one whose first choice is not the
+    None: to the end). Each segment begins as a new shot would, not knowing who was followed, so
+    its rule picks (reading from its own first frame: no decode of the frames before it); the
+    segments are then linked in order: a start is kept as a cut only where its first frame and
+    the previous segment's last one are different shots, and a segment whose first choice is not the
     person followed before it (``_is_person``) is scanned again knowing her, and the next is
     judged against what that gives. So the person followed is the one a whole-video scan follows;
     boxes differ from it only at the segment starts, where each segment searches the whole frame.
@@ -349,11 +360,7 @@ def scan_segments(read: Callable[[int, int | None], Iterable[np.ndarray]], start
 
     def one(k: int, carry: Identity | None = None) -> Segment:
         s, e = starts[k], ends[k]
-        if s == 0:
-            return scan_segment(read(0, e), scale, face, weights, carry=carry)
-        it = iter(read(s - 1, None if e is None else e - s + 1))
-        context = next(it, None)
-        return scan_segment(it, scale, face, weights, first=s, context=context, carry=carry)
+        return scan_segment(read(s, None if e is None else e - s), scale, face, weights, first=s, carry=carry)
 
     with ThreadPoolExecutor(max(1, min(workers, len(starts))), thread_name_prefix="scan") as pool:
         parts = list(pool.map(one, range(len(starts))))
@@ -365,6 +372,9 @@ def scan_segments(read: Callable[[int, int | None], Iterable[np.ndarray]], start
             parts[k] = one(k, carry)  # it picked someone else: again, knowing whom to follow
             redone += part.scan.detector_calls
         part = parts[k]
+        before = parts[k - 1].last_thumb if k else None
+        if before is not None and part.first_thumb is not None and not _changed(part.first_thumb, before):
+            part.scan.cuts.remove(part.first)  # the same shot goes on across the segments' seam
         if part.identity.look is not None:
             carry = Identity(part.identity.look, _remember(carry.others, part.identity.others))
     planned = [(e - s) if e is not None else None for s, e in zip(starts, ends)]
