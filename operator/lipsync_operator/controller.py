@@ -685,7 +685,9 @@ class Controller:
                 by_owner[j.key].append(j)
             jobs = [dataclasses.replace(j, reserves=0)  # a stitch that will never be made holds nothing
                     if j.reserves and self.statuses.get(j.key, {}).get("phase") in status.TERMINAL else j
-                    for key, facts in by_owner.items() for j in self._made_by_us(key, facts)]
+                    for key, facts in by_owner.items() for j in self._made_by_us(key, facts)
+                    # a finished LipSyncJob's Jobs have ended: one under its old name is not ours
+                    if not (self.statuses.get(key, {}).get("phase") in status.TERMINAL and not j.finished)]
             self.dispatcher.seen(jobs)
             now_t = asyncio.get_running_loop().time()
             cands = [c for c in self._candidates() if c.key not in self.deleting
