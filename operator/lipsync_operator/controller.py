@@ -235,8 +235,9 @@ class Controller:
         Job of our name on a 409 checks its spec against ours: ``_adoptable``)."""
         if not facts:
             return facts
-        cur = self.statuses.get(key) or (self._candidate(key).status if self._candidate(key) else None) or {} \
-            if cur is None else cur
+        if cur is None:
+            cand = self._candidate(key)
+            cur = self.statuses.get(key) or (cand.status if cand is not None else None) or {}
         names = {cur.get("jobName"), cur.get("stitchJobName")}
         started = self.dispatcher.started.get(key)
         if started is not None:
