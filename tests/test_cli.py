@@ -94,16 +94,24 @@ def test_rerun_of_a_changed_job_names_what_changed(media: Path, tmp_path: Path) 
     assert run_cli("run", str(job), "--force").returncode == 0
 
 
+def _as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line(tmp_path: Path) -> None:
     video = clip(tmp_path / "long.mp4", seconds=20.0, width=640, height=360)
     job = job_file(tmp_path, video=str(video), audio=str(video.with_suffix(".wav")), timing={"follow": "video"})
     subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "sine=frequency=220:duration=20",
                     str(video.with_suffix(".wav"))], check=True)
-    # its own process group: Ctrl-C in a terminal signals the whole group, ffmpeg children included
+    # Its own process group: Ctrl-C in a terminal signals the whole group, ffmpeg children included.
+    # SIGINT back to its default in the child, as a terminal's shell starts a foreground command: a
+    # suite started in the background of a non-interactive shell (`pytest &`, as some CI does)
+    # ignores SIGINT, the child inherits that, and Python then rightly keeps ignoring it.
     proc = subprocess.Popen([sys.executable, "-m", "lipsync.cli", "run", str(job), "--log-format", "json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(RUNNER)})
+                            preexec_fn=_as_from_a_terminal, env={**os.environ, "PYTHONPATH": str(RUNNER)})
     assert proc.stdout is not None
     # Interrupt as the render starts (the plan line comes right before it). Not a timed sleep: a
     # fast machine renders this clip in well under a second, and a late signal found a finished job.
@@ -112,6 +120,6 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path: Path) -> None:
             break
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 130, err + out[-1500:]  # the log after the signal says where it went
     assert err.strip().splitlines() == ["lipsync run: interrupted (Ctrl-C)"], err
     assert not (tmp_path / "out" / "metrics.json").exists()
